@@ -1,0 +1,238 @@
+"""Early exit: error vs. depth, confidence-threshold policies, and a real staged forward.
+
+Thresholds are always chosen on the validation split and then applied to the test split.
+The staged forward (``StagedModel``) runs the backbone segment by segment inside one
+``tf.function`` with nested ``tf.cond``: it really stops computing at the chosen exit, so
+batch-1 latency follows the FLOPs saved.
+"""
+from __future__ import annotations
+
+import time
+
+import keras
+import numpy as np
+import pandas as pd
+
+from .exits import exit_taps, output_names
+
+CRITERIA = ("max_prob", "entropy")
+
+
+# ---------------------------------------------------------------- policies on stored probabilities
+def confidence(probs: np.ndarray, criterion: str) -> np.ndarray:
+    """Higher = more confident. max_prob: max softmax; entropy: minus the entropy (nats)."""
+    if criterion == "max_prob":
+        return probs.max(axis=-1)
+    if criterion == "entropy":
+        p = np.clip(probs, 1e-12, 1.0)
+        return (p * np.log(p)).sum(axis=-1)
+    raise ValueError(f"unknown exit criterion {criterion!r}; valid: {CRITERIA}")
+
+
+def threshold_to_confidence(threshold: float, criterion: str) -> float:
+    """max_prob: exit when max prob >= t; entropy: exit when entropy <= t."""
+    return threshold if criterion == "max_prob" else -threshold
+
+
+def dynamic_exit(probs: list[np.ndarray], threshold: float, criterion: str = "max_prob") -> np.ndarray:
+    """Index of the first output whose confidence passes ``threshold``; the final output
+    always accepts."""
+    t = threshold_to_confidence(threshold, criterion)
+    chosen = np.full(len(probs[0]), len(probs) - 1)
+    undecided = np.ones(len(probs[0]), dtype=bool)
+    for i, p in enumerate(probs[:-1]):
+        stop = undecided & (confidence(p, criterion) >= t)
+        chosen[stop] = i
+        undecided &= ~stop
+    return chosen
+
+
+def policy_outcome(probs: list[np.ndarray], y: np.ndarray, chosen: np.ndarray) -> dict:
+    preds = np.stack([p.argmax(1) for p in probs])[chosen, np.arange(len(y))]
+    return {"accuracy": float((preds == y).mean()), "predictions": preds,
+            "exit_rates": np.bincount(chosen, minlength=len(probs)) / len(y)}
+
+
+def default_thresholds(criterion: str, num_classes: int) -> np.ndarray:
+    if criterion == "max_prob":
+        return np.unique(np.round(np.concatenate([np.linspace(0.0, 1.0, 101), [0.995, 0.999, 0.9999, 1.01]]), 6))
+    return np.round(np.linspace(0.0, np.log(num_classes), 101), 6)
+
+
+def sweep(val: tuple, test: tuple, costs: pd.DataFrame, criterion: str, thresholds=None) -> pd.DataFrame:
+    """Accuracy and expected cost (cumulative: prefix + every head evaluated) of the dynamic
+    policy for each threshold, on validation and test. ``val``/``test`` are (probs, labels)."""
+    (pv, yv), (pt, yt) = val, test
+    thresholds = default_thresholds(criterion, pv[0].shape[1]) if thresholds is None else thresholds
+    rows = []
+    for t in thresholds:
+        row = {"criterion": criterion, "threshold": float(t)}
+        for split, (p, y) in (("val", (pv, yv)), ("test", (pt, yt))):
+            chosen = dynamic_exit(p, t, criterion)
+            out = policy_outcome(p, y, chosen)
+            row[f"{split}_acc"] = out["accuracy"]
+            row[f"{split}_mean_exit"] = float(chosen.mean() + 1)
+            for conv in ("kernel_macs", "flops"):
+                row[f"{split}_expected_{conv}"] = float(costs[f"{conv}_cumulative"].to_numpy()[chosen].mean())
+        for conv in ("kernel_macs", "flops"):
+            row[f"test_{conv}_ratio_vs_final"] = row[f"test_expected_{conv}"] / float(costs[f"{conv}_to_output"].iloc[-1])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def select_threshold(sweep_df: pd.DataFrame, final_val_acc: float, target_drop_pct: float = 1.0) -> pd.Series:
+    """Cheapest threshold (by validation expected FLOPs) whose validation accuracy is within
+    ``target_drop_pct`` points of the final output's validation accuracy."""
+    ok = sweep_df[sweep_df["val_acc"] >= final_val_acc - target_drop_pct / 100 - 1e-12]
+    if ok.empty:  # the final output itself always qualifies at the largest threshold
+        ok = sweep_df.tail(1)
+    return ok.sort_values(["val_expected_flops", "threshold"]).iloc[0]
+
+
+def fixed_cut(val_acc_per_output: np.ndarray, costs: pd.DataFrame, target_drop_pct: float = 1.0) -> int:
+    """Index of the cheapest single output whose validation accuracy is within the target drop."""
+    ok = np.flatnonzero(val_acc_per_output >= val_acc_per_output[-1] - target_drop_pct / 100 - 1e-12)
+    return int(ok[np.argmin(costs["flops_to_output"].to_numpy()[ok])])
+
+
+def nearest_exit_to_depth(costs: pd.DataFrame, depth: int) -> pd.Series:
+    """The output whose weighted depth (Conv/Dense layers on the longest path) is nearest ``depth``
+    (paper Fig. 6: DenseNet-169's exit vs. a complete DenseNet-121)."""
+    i = int(np.argmin(np.abs(costs["depth_layers"].to_numpy() - depth)))
+    return costs.iloc[i]
+
+
+# ---------------------------------------------------------------- real early exit
+class StagedModel:
+    """The elastic model cut at its taps: segment_i (tap_{i-1} -> tap_i), head_i (tap_i -> exit i)
+    and the tail (last tap -> final output). Needs every tap to be a cut point of the graph
+    (true for every registry default)."""
+
+    def __init__(self, model: keras.Model, criterion: str = "max_prob"):
+        import tensorflow as tf
+
+        if criterion not in CRITERIA:
+            raise ValueError(f"unknown exit criterion {criterion!r}; valid: {CRITERIA}")
+        taps = exit_taps(model)[:-1]
+        outs = output_names(model)
+        if not taps:
+            raise ValueError("the model has no exits; build it with exits='all' for early exit")
+        self.model, self.criterion, self.n_exits = model, criterion, len(taps)
+        tensors = [model.get_layer(t).output for t in taps]
+        try:
+            self.segments = [keras.Model(model.inputs[0], tensors[0])] + [
+                keras.Model(a, b) for a, b in zip(tensors[:-1], tensors[1:])]
+            self.heads = [keras.Model(t, model.get_layer(o).output) for t, o in zip(tensors, outs[:-1])]
+            self.tail = keras.Model(tensors[-1], model.outputs[-1])
+        except ValueError as err:
+            raise ValueError(f"taps {taps} are not all cut points of the graph (a skip connection crosses "
+                             f"one), so the model cannot be run stage by stage: {err}") from err
+        shape = [1, *model.inputs[0].shape[1:]]
+        spec = tf.TensorSpec(shape, tf.float32)
+        self._dynamic = tf.function(self._dynamic_graph, input_signature=[spec, tf.TensorSpec([], tf.float32)])
+        self._full = tf.function(lambda x: model(x, training=False)[-1], input_signature=[spec])
+        self._fixed = {}
+        self._spec = spec
+
+    def _confidence(self, p):
+        import tensorflow as tf
+
+        if self.criterion == "max_prob":
+            return tf.reduce_max(p)
+        q = tf.clip_by_value(p, 1e-12, 1.0)
+        return tf.reduce_sum(q * tf.math.log(q))
+
+    def _dynamic_graph(self, x, threshold):
+        import tensorflow as tf
+
+        def stage(i, h):
+            if i == self.n_exits:
+                return tf.constant(i, tf.int32), self.tail(h, training=False)
+            h = self.segments[i](h, training=False)
+            p = self.heads[i](h, training=False)
+            return tf.cond(self._confidence(p) >= threshold,
+                           lambda: (tf.constant(i, tf.int32), p), lambda: stage(i + 1, h))
+
+        return stage(0, x)
+
+    def predict_dynamic(self, x, threshold: float):
+        """(exit index, probabilities) for one image (batch of 1); index n_exits = final."""
+        import tensorflow as tf
+
+        i, p = self._dynamic(tf.convert_to_tensor(x, tf.float32), tf.constant(
+            threshold_to_confidence(threshold, self.criterion), tf.float32))
+        return int(i), p.numpy()
+
+    def fixed(self, k: int):
+        """Compiled function computing only output ``k`` (0-based; n_exits = final)."""
+        import tensorflow as tf
+
+        if k not in self._fixed:
+            def fn(x):
+                h = x
+                for seg in self.segments[:min(k, self.n_exits - 1) + 1]:
+                    h = seg(h, training=False)
+                return self.heads[k](h, training=False) if k < self.n_exits else self.tail(h, training=False)
+            self._fixed[k] = tf.function(fn, input_signature=[self._spec])
+        return self._fixed[k]
+
+    def full(self, x):
+        return self._full(x)
+
+
+def time_call(fn, x, warmup: int = 3, repeats: int = 20) -> tuple[float, float]:
+    """Mean and std latency (ms) of ``fn(x)`` after warm-up, synchronising on the result."""
+    for _ in range(warmup):
+        np.asarray(fn(x))
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        np.asarray(fn(x))
+        times.append((time.perf_counter() - t0) * 1e3)
+    return float(np.mean(times)), float(np.std(times))
+
+
+def latency_table(staged: StagedModel, x_one: np.ndarray, costs: pd.DataFrame, repeats: int = 20) -> pd.DataFrame:
+    """Batch-1 latency of computing each output alone (staged prefix + its head), and of the
+    whole elastic model (every output) in one call; speed-ups and FLOPs ratios are relative to
+    computing the final output alone."""
+    timed = [time_call(staged.fixed(k), x_one, repeats=repeats) for k in range(staged.n_exits + 1)]
+    final_ms = timed[-1][0]
+    final_flops = float(costs["flops_to_output"].iloc[-1])
+    rows = [{"output": costs["output"].iloc[k], "latency_ms": ms, "latency_std_ms": sd,
+             "speedup_vs_final": final_ms / ms,
+             "flops_ratio_vs_final": final_flops / float(costs["flops_to_output"].iloc[k])}
+            for k, (ms, sd) in enumerate(timed)]
+    full_ms, full_sd = time_call(staged.full, x_one, repeats=repeats)
+    rows.append({"output": "all_outputs_one_call", "latency_ms": full_ms, "latency_std_ms": full_sd,
+                 "speedup_vs_final": final_ms / full_ms,
+                 "flops_ratio_vs_final": final_flops / float(costs["flops_cumulative"].iloc[-1])})
+    return pd.DataFrame(rows)
+
+
+def dynamic_latency(staged: StagedModel, images: np.ndarray, threshold: float, costs: pd.DataFrame,
+                    warmup: int = 3) -> dict:
+    """Mean per-image latency of the real dynamic policy vs. the full model, over ``images``
+    (each fed as a batch of one), with the measured speed-up next to the FLOPs ratio."""
+    for _ in range(warmup):
+        staged.predict_dynamic(images[:1], threshold)
+        np.asarray(staged.full(images[:1]))
+    dyn, full, exits = [], [], []
+    for img in images:
+        x = img[None]
+        t0 = time.perf_counter()
+        i, _ = staged.predict_dynamic(x, threshold)
+        dyn.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        np.asarray(staged.full(x))
+        full.append(time.perf_counter() - t0)
+        exits.append(i)
+    exits = np.asarray(exits)
+    expected = float(costs["flops_cumulative"].to_numpy()[exits].mean())
+    return {"threshold": threshold, "criterion": staged.criterion, "n_images": len(images),
+            "dynamic_latency_ms": 1e3 * float(np.mean(dyn)), "full_latency_ms": 1e3 * float(np.mean(full)),
+            "measured_speedup": float(np.mean(full) / np.mean(dyn)),
+            "flops_ratio": float(costs["flops_to_output"].iloc[-1]) / expected,
+            "mean_exit": float(exits.mean() + 1)}
+
+

@@ -1,0 +1,136 @@
+"""Attach elastic exits (GAP -> Dropout -> Dense softmax) to a registry backbone.
+
+Every added layer is named after its tap (``exit_<tap>_pool``, ``exit_<tap>_dropout``,
+``exit_<tap>_softmax``; final head ``final_*``), so summaries, weights and output names are
+stable. Exit metadata is derived from those names, never stored on the side.
+"""
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import keras
+from keras import layers
+
+from .backbones import check_image_size, get_backbone
+
+EXIT_PREFIX = "exit_"
+FINAL_PREFIX = "final_"
+EXIT_CHOICES = ("none", "all", "deeper_half")
+FINAL_HEADS = ("flatten", "gap")
+
+
+def resolve_taps(backbone_model: keras.Model, backbone: str, exits: str | Sequence[str]) -> list[str]:
+    """Turn an exit spec into tap layer names of ``backbone_model``, shallowest first."""
+    default = get_backbone(backbone).tap_rule(backbone_model)
+    if isinstance(exits, str):
+        if exits == "none":
+            return []
+        if exits == "all":
+            return default
+        if exits == "deeper_half":  # the original "8th-16th" option: 16 ResNet50 taps -> taps 8..16
+            return default[max(0, len(default) // 2 - 1):]
+        raise ValueError(f"bad exit spec {exits!r}: use one of {EXIT_CHOICES} or a list of layer names, "
+                         f"e.g. {default[:3]}")
+    names = list(exits)
+    if not names or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"bad exit spec {exits!r}: a list of exits must be non-empty layer names; "
+                         f"{backbone}'s default taps are {default}")
+    order = {l.name: i for i, l in enumerate(backbone_model.layers)}
+    unknown = [n for n in names if n not in order]
+    if unknown:
+        raise ValueError(f"exit spec names no layer of {backbone}: {unknown}; valid default taps: {default} "
+                         f"(any layer name of the backbone works, see model.summary())")
+    if len(set(names)) != len(names):
+        raise ValueError(f"exit spec repeats a layer: {names}")
+    return sorted(names, key=order.__getitem__)
+
+
+def _make_backbone(backbone: str, image_size: int, weights):
+    entry = get_backbone(backbone)
+    if weights not in (None, "imagenet"):
+        path = os.fspath(weights)
+        if not os.path.isfile(path):
+            raise ValueError(f"weights file not found: {path!r}; pass weights=None (random init), "
+                             f"'imagenet' (download) or the path of a local {backbone} no-top weights file")
+    try:
+        return entry.constructor(input_shape=(image_size, image_size, 3), weights=weights)
+    except ValueError as err:
+        raise ValueError(f"cannot build {backbone} at {image_size}x{image_size} with weights={weights!r}: {err}") from err
+    except Exception as err:  # download failures, h5 errors, shape mismatches
+        if weights == "imagenet":
+            raise ValueError(f"could not get ImageNet weights for {backbone} ({type(err).__name__}: {err}); offline, "
+                             "download the Keras no-top weights file elsewhere and pass weights='/path/to/file.h5'"
+                             ) from err
+        raise ValueError(f"weights file {weights!r} does not match the {backbone} architecture at "
+                         f"{image_size}x{image_size}: {type(err).__name__}: {err}") from err
+
+
+def build_elastic_model(backbone: str, num_classes: int, image_size: int, exits="all",
+                        final_head: str = "flatten", weights=None, dropout: float = 0.2) -> keras.Model:
+    """Backbone + elastic exits. Outputs: the exits (shallowest first), then the final head.
+
+    exits: "none" (baseline), "all", "deeper_half", or a list of backbone layer names.
+    final_head: "flatten" (original: Flatten -> Dropout -> Dense; no Dropout for the
+    baseline) or "gap" (GlobalAveragePooling2D instead of Flatten).
+    weights: None, "imagenet" (Keras download) or the path of a local weights file.
+    """
+    get_backbone(backbone)
+    check_image_size(backbone, image_size)
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 2:
+        raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
+    if final_head not in FINAL_HEADS:
+        raise ValueError(f"unknown final_head {final_head!r}; valid: {FINAL_HEADS}")
+    if not 0.0 <= float(dropout) < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+    if isinstance(exits, str) and exits not in EXIT_CHOICES:
+        raise ValueError(f"bad exit spec {exits!r}: use one of {EXIT_CHOICES} or a list of layer names")
+
+    base = _make_backbone(backbone, image_size, weights)
+    taps = resolve_taps(base, backbone, exits)
+    outputs = []
+    for tap in taps:
+        x = layers.GlobalAveragePooling2D(name=f"{EXIT_PREFIX}{tap}_pool")(base.get_layer(tap).output)
+        x = layers.Dropout(dropout, name=f"{EXIT_PREFIX}{tap}_dropout")(x)
+        outputs.append(layers.Dense(num_classes, activation="softmax", name=f"{EXIT_PREFIX}{tap}_softmax")(x))
+    x = base.output
+    x = (layers.Flatten if final_head == "flatten" else layers.GlobalAveragePooling2D)(name=f"{FINAL_PREFIX}{final_head}")(x)
+    if taps:
+        x = layers.Dropout(dropout, name=f"{FINAL_PREFIX}dropout")(x)
+    outputs.append(layers.Dense(num_classes, activation="softmax", name=f"{FINAL_PREFIX}softmax")(x))
+    name = f"elastic_{backbone}" if taps else f"{backbone}_baseline"
+    return keras.Model(base.input, outputs, name=name.replace(".", "_"))
+
+
+def output_names(model: keras.Model) -> list[str]:
+    return [t._keras_history.operation.name for t in model.outputs]
+
+
+def exit_taps(model: keras.Model) -> list[str]:
+    """Tap layer of each output, shallowest first; the final head's tap is the backbone's last layer."""
+    taps = []
+    for name in output_names(model):
+        if name.startswith(EXIT_PREFIX):
+            taps.append(name[len(EXIT_PREFIX):-len("_softmax")])
+        else:
+            head_in = model.get_layer(f"{FINAL_PREFIX}flatten" if _has(model, f"{FINAL_PREFIX}flatten") else f"{FINAL_PREFIX}gap")
+            taps.append(head_in.input._keras_history.operation.name)
+    return taps
+
+
+def short_output_names(model: keras.Model) -> list[str]:
+    """Human labels for outputs: ``exit01`` .. ``exitNN`` then ``final``."""
+    n = len(model.outputs) - 1
+    return [f"exit{i + 1:02d}" for i in range(n)] + ["final"]
+
+
+def is_head_layer(layer) -> bool:
+    return layer.name.startswith(EXIT_PREFIX) or layer.name.startswith(FINAL_PREFIX)
+
+
+def _has(model, name) -> bool:
+    try:
+        model.get_layer(name)
+        return True
+    except ValueError:
+        return False

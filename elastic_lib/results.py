@@ -1,0 +1,153 @@
+"""Run directories: atomic CSV/YAML writes, completion markers, locks, and collecting a profile.
+
+Layout: ``results/<profile>/<backbone>__<dataset>__<variant>[__seed<N>]/`` with
+``params.yaml``, ``notebook.ipynb``, ``history.csv``, ``exits.csv``, ``per_class.csv``,
+``confusion.csv``, ``complexity.csv``, ``early_exit.csv``, ``early_exit_summary.csv``,
+``exit_rates.csv``, ``latency.csv``, ``same_depth.csv`` (optional), then ``DONE`` (last).
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import glob
+import os
+import platform
+import subprocess
+import tempfile
+
+import pandas as pd
+import yaml
+
+DONE = "DONE"
+FAILED = "FAILED"
+FLOAT_FORMAT = "%.6g"
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    """Write ``text`` to a temp file in the same folder, fsync, then rename over ``path``."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp_", dir=folder)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
+def to_csv_text(df: pd.DataFrame, sort_by: list[str] | None = None) -> str:
+    """Flat columns, deterministic row order, fixed float precision."""
+    if sort_by:
+        df = df.sort_values(sort_by, kind="stable")
+    return df.to_csv(index=False, float_format=FLOAT_FORMAT, lineterminator="\n")
+
+
+def write_csv(run_dir: str, name: str, df: pd.DataFrame, sort_by: list[str] | None = None) -> str:
+    path = os.path.join(run_dir, name)
+    atomic_write_text(path, to_csv_text(df, sort_by))
+    return path
+
+
+def environment_info() -> dict:
+    import keras
+    import numpy
+    import tensorflow as tf
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                                timeout=5).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        commit = "unknown"
+    return {"python": platform.python_version(), "tensorflow": tf.__version__, "keras": keras.__version__,
+            "numpy": numpy.__version__, "pandas": pd.__version__, "git_commit": commit}
+
+
+def write_params(run_dir: str, params: dict, with_environment: bool = True) -> str:
+    doc = {"parameters": params}
+    if with_environment:
+        doc["environment"] = environment_info()
+    path = os.path.join(run_dir, "params.yaml")
+    atomic_write_text(path, yaml.safe_dump(doc, sort_keys=True))
+    return path
+
+
+def mark_done(run_dir: str) -> None:
+    """Written last: a run directory without DONE is incomplete and will be rerun."""
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(os.path.join(run_dir, FAILED))
+    atomic_write_text(os.path.join(run_dir, DONE), "ok\n")
+
+
+def mark_failed(run_dir: str, message: str) -> None:
+    atomic_write_text(os.path.join(run_dir, FAILED), message.rstrip() + "\n")
+
+
+def is_done(run_dir: str) -> bool:
+    return os.path.isfile(os.path.join(run_dir, DONE))
+
+
+def clear_run(run_dir: str) -> None:
+    """Remove the outputs of an incomplete run so a rerun starts clean (nothing is appended)."""
+    for path in glob.glob(os.path.join(run_dir, "*")) + glob.glob(os.path.join(run_dir, ".tmp_*")):
+        if os.path.isfile(path) and os.path.basename(path) != ".lock":
+            os.remove(path)
+
+
+class LockedError(RuntimeError):
+    pass
+
+
+@contextlib.contextmanager
+def lock(path: str):
+    """Exclusive, non-blocking advisory lock on ``path`` (a run directory or profile folder):
+    a second ./run_all.sh on the same runs is refused instead of corrupting them."""
+    os.makedirs(path, exist_ok=True)
+    fd = os.open(os.path.join(path, ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            if err.errno in (errno.EAGAIN, errno.EACCES):
+                raise LockedError(f"{path} is locked by another run (pid in {path}/.lock); wait for it to finish") from None
+            raise
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------- collecting
+def completed_runs(profile_dir: str) -> list[str]:
+    return sorted(d for d in glob.glob(os.path.join(profile_dir, "*")) if os.path.isdir(d) and is_done(d))
+
+
+def read_params(run_dir: str) -> dict:
+    with open(os.path.join(run_dir, "params.yaml")) as f:
+        return yaml.safe_load(f)["parameters"]
+
+
+def collect(profile_dir: str, name: str) -> pd.DataFrame:
+    """Concatenate ``name`` over every completed run of a profile, with the run's identity
+    (run, backbone, dataset, variant, seed) in front."""
+    frames = []
+    for run_dir in completed_runs(profile_dir):
+        path = os.path.join(run_dir, name)
+        if not os.path.isfile(path):
+            continue
+        p = read_params(run_dir)
+        df = pd.read_csv(path)
+        dataset = p["dataset"] if p["dataset"] != "cifar100" or p.get("label_mode", "fine") == "fine" else "cifar100coarse"
+        ident = {"run": os.path.basename(run_dir), "backbone": p["backbone"], "dataset": dataset,
+                 "variant": p["variant"], "seed": p["seed"]}
+        for i, (k, v) in enumerate(ident.items()):
+            df.insert(i, k, v)
+        frames.append(df)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

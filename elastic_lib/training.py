@@ -1,0 +1,162 @@
+"""The paper's two-phase recipe: heads only (backbone frozen), then everything.
+
+Loss = weighted sum of the per-output cross-entropies. SGD with momentum, ReduceLROnPlateau,
+EarlyStopping and a best-``val_loss`` checkpoint in each phase; model selection only ever
+looks at the validation split.
+"""
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+import pandas as pd
+
+from .exits import is_head_layer, output_names, short_output_names
+
+LOSS_WEIGHT_SCHEMES = ("uniform", "depth", "linear")
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the message says where and what to try."""
+
+
+def seed_everything(seed: int) -> None:
+    """Python, NumPy and TensorFlow seeds plus TensorFlow op determinism (always on)."""
+    import tensorflow as tf
+
+    random.seed(seed)
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+
+
+def loss_weights(n_outputs: int, scheme: str = "uniform") -> list[float]:
+    """Per-output loss weights, exits first then the final head (always weight 1).
+
+    uniform: 1 for every output (the paper). depth: the original "weight-Depth",
+    w = 1 / (L - depth) with L = n_outputs and depth = 1..L-1 for the exits.
+    linear: w = depth / (L - 1) for the exits.
+    """
+    if scheme not in LOSS_WEIGHT_SCHEMES:
+        raise ValueError(f"unknown loss weight scheme {scheme!r}; valid: {LOSS_WEIGHT_SCHEMES}")
+    n_exits = n_outputs - 1
+    if scheme == "uniform":
+        w = [1.0] * n_exits
+    elif scheme == "depth":
+        w = [1.0 / (n_outputs - d) for d in range(1, n_exits + 1)]
+    else:
+        w = [d / n_exits for d in range(1, n_exits + 1)]
+    return w + [1.0]
+
+
+def set_bn_momentum(model: keras.Model, momentum: float | None) -> int:
+    """Set every BatchNormalization momentum (Keras default 0.99). From scratch with a few
+    hundred steps, 0.99 leaves the moving statistics far from the batch statistics, so the
+    inference-mode network is near chance; 0.9 follows them within ~50 steps."""
+    if not momentum:
+        return 0
+    n = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = float(momentum)
+            n += 1
+    return n
+
+
+@dataclass
+class TrainConfig:
+    phase1_epochs: int = 1
+    phase2_epochs: int = 8
+    learning_rate: float = 1e-3          # phase 1 (paper: 1e-3)
+    phase2_learning_rate: float = 1e-3   # phase 2
+    momentum: float = 0.9
+    loss_weights: str = "uniform"
+    reduce_lr_factor: float = 0.1
+    reduce_lr_patience: int = 5
+    min_lr: float = 1e-5
+    early_stopping_patience: int = 10
+    jit_compile: bool = False
+    verbose: int = 2
+
+
+def set_trainable(model: keras.Model, backbone: bool) -> None:
+    for layer in model.layers:
+        layer.trainable = backbone or is_head_layer(layer)
+
+
+def compile_model(model: keras.Model, lr: float, cfg: TrainConfig) -> None:
+    n = len(model.outputs)
+    model.compile(
+        optimizer=keras.optimizers.SGD(learning_rate=lr, momentum=cfg.momentum),
+        loss=[keras.losses.SparseCategoricalCrossentropy() for _ in range(n)],
+        loss_weights=loss_weights(n, cfg.loss_weights),
+        metrics=[["accuracy"] for _ in range(n)],
+        jit_compile=cfg.jit_compile,
+    )
+
+
+def _callbacks(cfg: TrainConfig, ckpt: str):
+    return [
+        keras.callbacks.TerminateOnNaN(),
+        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=cfg.reduce_lr_factor,
+                                          patience=cfg.reduce_lr_patience, min_lr=cfg.min_lr, verbose=0),
+        keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.early_stopping_patience),
+        keras.callbacks.ModelCheckpoint(ckpt, monitor="val_loss", save_best_only=True, save_weights_only=True),
+    ]
+
+
+def _history_frame(model: keras.Model, history: dict, phase: int, start_epoch: int) -> pd.DataFrame:
+    df = pd.DataFrame(history)
+    rename = {}
+    for long, short in zip(output_names(model), short_output_names(model)):
+        for col in df.columns:
+            if long in col:
+                rename[col] = col.replace(long, short)
+    df = df.rename(columns=rename)
+    df.insert(0, "phase_epoch", np.arange(1, len(df) + 1))
+    df.insert(0, "phase", phase)
+    df.insert(0, "epoch", np.arange(start_epoch + 1, start_epoch + len(df) + 1))
+    return df
+
+
+def fit_two_phase(model: keras.Model, train_ds, val_ds, cfg: TrainConfig, checkpoint_dir: str | None = None,
+                  strategy=None) -> pd.DataFrame:
+    """Phase 1 (heads only) then phase 2 (all layers). Returns the per-epoch history, one
+    loss and accuracy column per output (``exit01_accuracy``, ``val_final_loss``, ...).
+    After each phase the best-``val_loss`` weights are restored."""
+    import contextlib
+
+    checkpoint_dir = checkpoint_dir or tempfile.mkdtemp(prefix="elastic_ckpt_")
+    os.makedirs(checkpoint_dir, exist_ok=True)
+    scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
+    frames = []
+    phases = [(1, cfg.phase1_epochs, cfg.learning_rate, False), (2, cfg.phase2_epochs, cfg.phase2_learning_rate, True)]
+    for phase, epochs, lr, backbone_trainable in phases:
+        if epochs <= 0:
+            continue
+        ckpt = os.path.join(checkpoint_dir, f"phase{phase}_best.weights.h5")
+        if os.path.exists(ckpt):
+            os.remove(ckpt)
+        with scope:
+            set_trainable(model, backbone_trainable)
+            compile_model(model, lr, cfg)
+            hist = model.fit(train_ds, validation_data=val_ds, epochs=epochs,
+                             callbacks=_callbacks(cfg, ckpt), verbose=cfg.verbose, shuffle=False)
+        start = len(pd.concat(frames)) if frames else 0
+        frame = _history_frame(model, hist.history, phase, start)
+        frames.append(frame)
+        losses = np.asarray(hist.history.get("loss", []), dtype=float)
+        if len(losses) == 0 or not np.all(np.isfinite(losses)) or len(losses) < min(epochs, 1):
+            raise TrainingDiverged(f"phase {phase}: training loss became {losses[-1] if len(losses) else 'NaN'} "
+                                   f"after {len(losses)} epoch(s) at learning rate {lr}; lower the learning rate "
+                                   "or check the inputs")
+        if os.path.exists(ckpt):
+            model.load_weights(ckpt)
+    set_trainable(model, True)
+    history = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    return history
+
+
