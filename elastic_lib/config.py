@@ -72,6 +72,7 @@ class RunConfig:
     strategy: str = "default"          # default | mirrored (tf.distribute, multi-GPU)
     jit_compile: bool = False
     output_dir: str = ""               # run directory ("" = results/interactive/<run id>)
+    write_done: bool = True            # False when run_all.sh writes DONE itself, after the notebook
 
     # ------------------------------------------------------------ validation
     @classmethod
@@ -192,6 +193,9 @@ def load_profile(name: str, results_root: str | None = None) -> Profile:
         raise ConfigError(f"{where}: unknown grid key(s) {bad}; valid grid keys: {sorted(GRID_KEYS)}")
     axes = {k: (v if isinstance(v, list) else [v]) for k, v in grid.items()}
     seeds = axes.get("seed", [defaults.get("seed", 0)])
+    # grid axes beyond backbone/dataset/variant/seed that vary are part of the run directory name
+    extra_axes = [k for k, v in axes.items() if len(v) > 1 and k not in ("backbone", "dataset", "variant", "seed",
+                                                                           "label_mode")]
     prof_name = os.path.splitext(os.path.basename(path))[0]
     root = results_root or os.path.join(ROOT, "results")
     runs = []
@@ -201,8 +205,20 @@ def load_profile(name: str, results_root: str | None = None) -> Profile:
         extra = {**overrides.get(cfg.backbone, {}), **overrides.get(cfg.run_id(), {})}
         if extra:
             cfg = _checked({**params, **extra}, f"{where} overrides for {cfg.backbone}")
-        cfg.output_dir = os.path.join(root, prof_name, cfg.run_id(with_seed=len(seeds) > 1))
+        name = cfg.run_id(with_seed=len(seeds) > 1)
+        name += "".join(f"__{k}-{str(params[k]).replace(',', '+').replace(' ', '')}" for k in extra_axes)
+        cfg.output_dir = os.path.join(root, prof_name, name)
         runs.append(cfg)
+    known = {r.backbone for r in runs} | {r.run_id() for r in runs}
+    for key, value in overrides.items():
+        if key not in known:
+            raise ConfigError(f"{where}: overrides key {key!r} is neither a backbone nor a run id of the grid; "
+                              f"valid: {sorted(known)}")
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: overrides for {key!r} must be a mapping of parameters")
+    ids = [r.output_dir for r in runs]
+    if len(set(ids)) != len(ids):
+        raise ConfigError(f"{where}: two runs of the grid share a run directory; vary only grid axes")
     return Profile(prof_name, str(spec.get("description", "")), runs)
 
 

@@ -99,7 +99,8 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
     """Only numpy array reconstruction is allowed (the CIFAR pickles need nothing else)."""
     _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
                 ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
-                ("numpy._core.multiarray", "scalar")}
+                ("numpy._core.multiarray", "scalar"), ("_codecs", "encode"),
+                ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer")}
 
     def find_class(self, module, name):
         if (module, name) in self._ALLOWED:
@@ -127,9 +128,14 @@ def _read_cifar_members(source: str, folder: str) -> dict[str, dict]:
                     if m.isfile() and m.name.startswith(folder + "/") and not m.name.endswith(".html"):
                         out[os.path.basename(m.name)] = _unpickle(tar.extractfile(m))
     except (tarfile.TarError, EOFError, zlib.error, OSError, pickle.UnpicklingError, ValueError, KeyError) as err:
-        raise DatasetError(f"cannot read CIFAR data from {source}: it is corrupt or truncated "
+        raise DatasetError(f"cannot read CIFAR data from {source}: it is corrupt, truncated or has unexpected content "
                            f"({type(err).__name__}: {err}); download the official archive again") from err
     return out
+
+
+def keras_home() -> str:
+    """Where downloads are cached and looked up: $KERAS_HOME or ~/.keras (read at call time)."""
+    return os.path.expanduser(os.environ.get("KERAS_HOME", "~/.keras"))
 
 
 def _download(name: str) -> str:
@@ -139,7 +145,8 @@ def _download(name: str) -> str:
     old = socket.getdefaulttimeout()
     socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
     try:
-        return get_file(fname=spec["archive"], origin=spec["url"], file_hash=spec["sha256"], cache_subdir="datasets")
+        return get_file(fname=spec["archive"], origin=spec["url"], file_hash=spec["sha256"], cache_subdir="datasets",
+                        cache_dir=keras_home())
     except Exception as err:
         raise DatasetError(
             f"{name} is not available offline and could not be downloaded from {spec['url']} "
@@ -165,7 +172,7 @@ def locate_cifar(name: str, data_dir: str | None = None) -> str:
                                f"{spec['folder']}/ folder (the official 'python version' from "
                                f"https://www.cs.toronto.edu/~kriz/cifar.html)")
         return hit
-    cache = os.path.join(os.path.expanduser(os.environ.get("KERAS_HOME", "~/.keras")), "datasets")
+    cache = os.path.join(keras_home(), "datasets")
     for candidate in (os.path.join(cache, spec["folder"]), os.path.join(cache, spec["archive"])):
         if os.path.exists(candidate):
             return candidate
@@ -230,6 +237,12 @@ def load_dataset(name: str, data_dir: str | None = None, label_mode: str = "fine
         (x_tr, y_tr), (x_te, y_te), class_names = load_cifar_arrays(name, data_dir, label_mode)
     x_tr, y_tr = _limit(x_tr, y_tr, limit_per_class)
     x_te, y_te = _limit(x_te, y_te, test_limit_per_class)
+    n_classes = len(class_names)
+    n_val = int(np.ceil(val_fraction * len(y_tr)))
+    if np.bincount(y_tr, minlength=n_classes).min() < 2 or n_val < n_classes or len(y_tr) - n_val < n_classes:
+        raise DatasetError(f"limit_per_class={limit_per_class} with val_fraction={val_fraction} leaves too few "
+                           f"training images for a stratified validation split of {n_classes} classes; use "
+                           f"limit_per_class >= {int(np.ceil(2 / min(val_fraction, 1 - val_fraction)))} or 0 (all)")
     x_tr, x_va, y_tr, y_va = train_test_split(x_tr, y_tr, test_size=val_fraction, stratify=y_tr, random_state=seed)
     label = name if name != "cifar100" else f"cifar100-{label_mode}"
     return Splits(label, class_names, x_tr, y_tr, x_va, y_va, x_te, y_te,

@@ -75,7 +75,7 @@ def sweep(val: tuple, test: tuple, costs: pd.DataFrame, criterion: str, threshol
             for conv in ("kernel_macs", "flops"):
                 row[f"{split}_expected_{conv}"] = float(costs[f"{conv}_cumulative"].to_numpy()[chosen].mean())
         for conv in ("kernel_macs", "flops"):
-            row[f"test_{conv}_ratio_vs_final"] = row[f"test_expected_{conv}"] / float(costs[f"{conv}_to_output"].iloc[-1])
+            row[f"test_{conv}_fraction_of_final"] = row[f"test_expected_{conv}"] / float(costs[f"{conv}_to_output"].iloc[-1])
         rows.append(row)
     return pd.DataFrame(rows)
 

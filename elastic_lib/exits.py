@@ -55,15 +55,18 @@ def _make_backbone(backbone: str, image_size: int, weights):
                              f"'imagenet' (download) or the path of a local {backbone} no-top weights file")
     try:
         return entry.constructor(input_shape=(image_size, image_size, 3), weights=weights)
-    except ValueError as err:
-        raise ValueError(f"cannot build {backbone} at {image_size}x{image_size} with weights={weights!r}: {err}") from err
-    except Exception as err:  # download failures, h5 errors, shape mismatches
-        if weights == "imagenet":
-            raise ValueError(f"could not get ImageNet weights for {backbone} ({type(err).__name__}: {err}); offline, "
-                             "download the Keras no-top weights file elsewhere and pass weights='/path/to/file.h5'"
-                             ) from err
-        raise ValueError(f"weights file {weights!r} does not match the {backbone} architecture at "
-                         f"{image_size}x{image_size}: {type(err).__name__}: {err}") from err
+    except Exception as err:
+        if weights not in (None, "imagenet"):  # h5 errors, shape or layer-count mismatches
+            raise ValueError(f"weights file {weights!r} does not match the {backbone} architecture at "
+                             f"{image_size}x{image_size}: {type(err).__name__}: {err}") from err
+        if isinstance(err, ValueError):  # Keras rejects the input shape / weights combination
+            raise ValueError(f"cannot build {backbone} at {image_size}x{image_size} with weights={weights!r}: "
+                             f"{err}") from err
+        if weights == "imagenet":  # download failures
+            raise ValueError(f"could not get ImageNet weights for {backbone} ({type(err).__name__}: {err}); "
+                             "offline, download the Keras no-top weights file elsewhere and pass "
+                             "weights='/path/to/file.h5'") from err
+        raise
 
 
 def build_elastic_model(backbone: str, num_classes: int, image_size: int, exits="all",

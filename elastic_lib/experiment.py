@@ -7,6 +7,7 @@ returns a DataFrame (to show inline) and writes its CSV atomically. ``finish()``
 from __future__ import annotations
 
 import os
+import shutil
 import time
 
 import numpy as np
@@ -38,9 +39,13 @@ class Experiment:
         return self.run_dir
 
     def strategy(self):
+        """The tf.distribute strategy, created once (Keras refuses to mix strategy objects)."""
         import tensorflow as tf
 
-        return tf.distribute.MirroredStrategy() if self.cfg.strategy == "mirrored" else tf.distribute.get_strategy()
+        if getattr(self, "_strategy", None) is None:
+            self._strategy = (tf.distribute.MirroredStrategy() if self.cfg.strategy == "mirrored"
+                              else tf.distribute.get_strategy())
+        return self._strategy
 
     def load_data(self):
         c = self.cfg
@@ -76,6 +81,10 @@ class Experiment:
                                      checkpoint_dir=os.path.join(self.run_dir, "checkpoints"),
                                      strategy=self.strategy() if c.strategy != "default" else None)
         self.timings["train_s"] = time.perf_counter() - t0
+        shutil.rmtree(os.path.join(self.run_dir, "checkpoints"), ignore_errors=True)  # best weights are restored
+        tmp = os.path.join(self.run_dir, ".tmp_model.weights.h5")
+        self.model.save_weights(tmp)
+        os.replace(tmp, os.path.join(self.run_dir, "model.weights.h5"))
         results.write_csv(self.run_dir, "history.csv", self.history)
         return self.history
 
@@ -140,6 +149,7 @@ class Experiment:
             self.selected[crit] = float(best["threshold"])
             add(f"dynamic_{crit}", best["threshold"], early_exit.dynamic_exit(self.test_probs, best["threshold"], crit),
                 best["val_acc"], "cumulative")
+        self.sweeps = sweeps
         self.early_exit_summary = pd.DataFrame(rows)
         self.exit_rates = pd.DataFrame(rates)
         results.write_csv(self.run_dir, "early_exit.csv", sweeps, ["criterion", "threshold"])
@@ -162,7 +172,8 @@ class Experiment:
         else:
             staged = early_exit.StagedModel(self.model, c.exit_criterion)
             table = early_exit.latency_table(staged, x[:1], self.costs, c.latency_repeats)
-            images = np.concatenate([b[0].numpy() for b, _ in zip(self.pipeline("test"), range(10 ** 6))])
+            n_batches = -(-c.latency_images // c.batch_size)
+            images = np.concatenate([b[0].numpy() for b in self.pipeline("test").take(n_batches)])
             dyn = early_exit.dynamic_latency(staged, images[:c.latency_images], self.selected[c.exit_criterion],
                                              self.costs)
             table = pd.concat([table, pd.DataFrame([{
@@ -213,9 +224,19 @@ class Experiment:
         return df
 
     def finish(self) -> str:
+        """summary.csv, then DONE (unless the batch driver writes it after saving the notebook)."""
         self.summary()
-        results.mark_done(self.run_dir)
+        if self.cfg.write_done:
+            results.mark_done(self.run_dir)
         return self.run_dir
+
+
+def params_from(namespace: dict) -> dict:
+    """The RunConfig fields found in ``namespace`` (the notebook's globals after the
+    parameters cell and papermill's injected cell)."""
+    import dataclasses
+
+    return {f.name: namespace[f.name] for f in dataclasses.fields(RunConfig) if f.name in namespace}
 
 
 def run(params: dict | RunConfig, verbose: int = 0) -> Experiment:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import confusion_matrix, f1_score, log_loss, recall_score, top_k_accuracy_score
+from sklearn.metrics import confusion_matrix, f1_score, log_loss, recall_score
 
 from .exits import short_output_names
 
@@ -27,8 +27,10 @@ def output_metrics(probs: np.ndarray, y: np.ndarray, num_classes: int) -> dict:
     k = min(5, num_classes - 1) if num_classes <= 5 else 5
     n = len(y)
     probs = probs / probs.sum(axis=1, keepdims=True)  # float32 softmax rounding
-    top1_acc = top_k_accuracy_score(y, probs, k=1, labels=labels)
-    top5_acc = top_k_accuracy_score(y, probs, k=k, labels=labels)
+    # ties broken towards the lowest class index, like argmax everywhere else (sklearn's
+    # top_k_accuracy_score breaks them the other way, which matters for collapsed exits)
+    top1_acc = float(_topk_hits(probs, y, 1).mean())
+    top5_acc = float(_topk_hits(probs, y, k).mean())
     return {
         "n": n,
         "top1_errors": int(round((1 - top1_acc) * n)),
@@ -63,14 +65,14 @@ def per_class_table(probs: list[np.ndarray], y: np.ndarray, class_names: list[st
         for c in labels:
             mask = y == c
             rows.append({"output": name, "class_index": int(c), "class_name": class_names[c], "n": int(mask.sum()),
-                         "top1_acc": float(top1[c]),
+                         "top1_acc": float(top1[c]) if mask.any() else float("nan"),
                          "top5_acc": float(hits5[mask].mean()) if mask.any() else float("nan")})
     return pd.DataFrame(rows)
 
 
 def worst_classes(per_class: pd.DataFrame, output: str = "final", n: int = 10, by: str = "top1_acc") -> pd.DataFrame:
     """The ``n`` worst classes of one output by ``top1_acc`` or ``top5_acc`` (ties by class index)."""
-    df = per_class[per_class["output"] == output]
+    df = per_class[(per_class["output"] == output) & (per_class["n"] > 0)]
     return df.sort_values([by, "class_index"]).head(n).reset_index(drop=True)
 
 

@@ -93,11 +93,16 @@ def is_done(run_dir: str) -> bool:
     return os.path.isfile(os.path.join(run_dir, DONE))
 
 
+RUN_OUTPUTS = ("*.csv", "*.png", "*.svg", "params.yaml", "notebook.ipynb", "model.weights.h5", DONE, FAILED, ".tmp_*")
+
+
 def clear_run(run_dir: str) -> None:
-    """Remove the outputs of an incomplete run so a rerun starts clean (nothing is appended)."""
-    for path in glob.glob(os.path.join(run_dir, "*")) + glob.glob(os.path.join(run_dir, ".tmp_*")):
-        if os.path.isfile(path) and os.path.basename(path) != ".lock":
-            os.remove(path)
+    """Remove a run's outputs (only the files a run writes) so a rerun starts clean and no
+    CSV is ever appended to."""
+    for pattern in RUN_OUTPUTS:
+        for path in glob.glob(os.path.join(run_dir, pattern)):
+            if os.path.isfile(path):
+                os.remove(path)
 
 
 class LockedError(RuntimeError):

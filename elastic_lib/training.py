@@ -98,6 +98,22 @@ def compile_model(model: keras.Model, lr: float, cfg: TrainConfig) -> None:
     )
 
 
+class DivergenceGuard(keras.callbacks.Callback):
+    """Stops training when the batch loss is NaN/inf or explodes: above ``factor`` x the loss
+    of an untrained network at chance (sum over outputs of weight x ln(num_classes))."""
+
+    def __init__(self, chance_loss: float, factor: float = 1e4):
+        super().__init__()
+        self.limit = factor * max(chance_loss, 1.0)
+        self.reason = ""
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = float((logs or {}).get("loss", 0.0))
+        if not np.isfinite(loss) or loss > self.limit:
+            self.reason = f"loss {loss:.4g} at batch {batch} (limit {self.limit:.4g})"
+            self.model.stop_training = True
+
+
 def _callbacks(cfg: TrainConfig, ckpt: str):
     return [
         keras.callbacks.TerminateOnNaN(),
@@ -110,12 +126,20 @@ def _callbacks(cfg: TrainConfig, ckpt: str):
 
 def _history_frame(model: keras.Model, history: dict, phase: int, start_epoch: int) -> pd.DataFrame:
     df = pd.DataFrame(history)
-    rename = {}
-    for long, short in zip(output_names(model), short_output_names(model)):
-        for col in df.columns:
-            if long in col:
-                rename[col] = col.replace(long, short)
-    df = df.rename(columns=rename)
+    shorts = short_output_names(model)
+    if len(model.outputs) == 1:  # Keras drops the output name for single-output models
+        for split in ("", "val_"):
+            df[f"{split}final_accuracy"] = df.pop(f"{split}accuracy")
+            df[f"{split}final_loss"] = df[f"{split}loss"]
+    else:
+        df = df.rename(columns={f"{split}{long}_{metric}": f"{split}{short}_{metric}"
+                                for long, short in zip(output_names(model), shorts)
+                                for split in ("", "val_") for metric in ("loss", "accuracy")})
+    per_output = [f"{split}{short}_{metric}" for split in ("", "val_") for short in shorts
+                  for metric in ("loss", "accuracy")]
+    first = [c for c in ("learning_rate", "loss", "val_loss") if c in df.columns]
+    df = df[first + [c for c in per_output if c in df.columns]
+            + sorted(c for c in df.columns if c not in first and c not in per_output)]
     df.insert(0, "phase_epoch", np.arange(1, len(df) + 1))
     df.insert(0, "phase", phase)
     df.insert(0, "epoch", np.arange(start_epoch + 1, start_epoch + len(df) + 1))
@@ -140,19 +164,21 @@ def fit_two_phase(model: keras.Model, train_ds, val_ds, cfg: TrainConfig, checkp
         ckpt = os.path.join(checkpoint_dir, f"phase{phase}_best.weights.h5")
         if os.path.exists(ckpt):
             os.remove(ckpt)
+        weights = loss_weights(len(model.outputs), cfg.loss_weights)
+        guard = DivergenceGuard(sum(weights) * np.log(model.outputs[-1].shape[-1]))
         with scope:
             set_trainable(model, backbone_trainable)
             compile_model(model, lr, cfg)
             hist = model.fit(train_ds, validation_data=val_ds, epochs=epochs,
-                             callbacks=_callbacks(cfg, ckpt), verbose=cfg.verbose, shuffle=False)
+                             callbacks=_callbacks(cfg, ckpt) + [guard], verbose=cfg.verbose, shuffle=False)
         start = len(pd.concat(frames)) if frames else 0
         frame = _history_frame(model, hist.history, phase, start)
         frames.append(frame)
         losses = np.asarray(hist.history.get("loss", []), dtype=float)
-        if len(losses) == 0 or not np.all(np.isfinite(losses)) or len(losses) < min(epochs, 1):
-            raise TrainingDiverged(f"phase {phase}: training loss became {losses[-1] if len(losses) else 'NaN'} "
-                                   f"after {len(losses)} epoch(s) at learning rate {lr}; lower the learning rate "
-                                   "or check the inputs")
+        if guard.reason or len(losses) == 0 or not np.all(np.isfinite(losses)):
+            raise TrainingDiverged(f"phase {phase}: training diverged ({guard.reason or 'loss became NaN'}) in epoch "
+                                   f"{max(len(losses), 1)} at learning rate {lr}; lower the learning rate or check "
+                                   "the inputs")
         if os.path.exists(ckpt):
             model.load_weights(ckpt)
     set_trainable(model, True)

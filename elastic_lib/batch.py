@@ -1,0 +1,266 @@
+"""The batch driver behind ./run_all.sh: one papermill-executed notebook per run of a profile.
+
+Skips runs already DONE, continues past failing runs and lists them at the end (exit code 1),
+shows progress with elapsed time and ETA, then runs the aggregation notebook. A run directory
+is locked while its notebook runs, its CSVs are written atomically, and DONE is written last,
+after the executed notebook: killing the batch at any point loses only the run in flight,
+which the next invocation redoes from scratch.
+"""
+from __future__ import annotations
+
+import argparse
+import fcntl
+import fnmatch
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import yaml
+
+from . import results
+from .config import ROOT, ConfigError, list_profiles, load_profile
+
+TEMPLATE = os.path.join(ROOT, "notebooks", "elastic_experiment.ipynb")
+AGGREGATE = os.path.join(ROOT, "notebooks", "aggregate.ipynb")
+VOLATILE_CELL_KEYS = ("execution",)
+
+
+def declared_parameters(notebook: str) -> set[str]:
+    import papermill
+
+    return set(papermill.inspect_notebook(notebook))
+
+
+def check_parameters(notebook: str, params: dict) -> None:
+    """Papermill only warns about parameters the notebook does not declare; we refuse them."""
+    unknown = sorted(set(params) - declared_parameters(notebook))
+    if unknown:
+        raise ConfigError(f"parameter(s) {unknown} are not declared in the parameters cell of "
+                          f"{os.path.relpath(notebook, ROOT)}; declared: {sorted(declared_parameters(notebook))}")
+
+
+def strip_volatile(path: str) -> None:
+    """Drop per-cell execution timestamps and papermill durations from an executed notebook."""
+    with open(path) as f:
+        nb = json.load(f)
+    for cell in nb.get("cells", []):
+        md = cell.get("metadata", {})
+        for key in VOLATILE_CELL_KEYS:
+            md.pop(key, None)
+        pm = md.get("papermill")
+        if isinstance(pm, dict):
+            for key in ("duration", "start_time", "end_time"):
+                pm.pop(key, None)
+    pm = nb.get("metadata", {}).get("papermill")
+    if isinstance(pm, dict):
+        for key in ("duration", "start_time", "end_time", "input_path", "output_path"):
+            pm.pop(key, None)
+    results.atomic_write_text(path, json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+
+
+def _papermill_cmd(notebook: str, out: str, params_file: str) -> list[str]:
+    return [sys.executable, "-m", "papermill", notebook, out, "-f", params_file, "-k", "python3", "--cwd", ROOT,
+            "--no-progress-bar", "--log-level", "WARNING"]
+
+
+class Runner:
+    def __init__(self, timeout_s: float | None = None):
+        self.child: subprocess.Popen | None = None
+        self.timeout_s = timeout_s
+
+    def execute(self, notebook: str, out: str, params: dict) -> tuple[bool, str]:
+        """Run ``notebook`` with papermill into ``out`` (via a .partial file); (ok, log tail)."""
+        check_parameters(notebook, params)
+        folder = os.path.dirname(out)
+        params_file = os.path.join(folder, ".papermill_params.yaml")
+        results.atomic_write_text(params_file, yaml.safe_dump(params, sort_keys=True))
+        partial = out[: -len(".ipynb")] + ".partial.ipynb"
+        log_path = os.path.join(folder, "papermill.log")
+        with open(log_path, "w") as log:
+            self.child = subprocess.Popen(_papermill_cmd(notebook, partial, params_file), stdout=log,
+                                          stderr=subprocess.STDOUT, start_new_session=True)
+            try:
+                code = self.child.wait(timeout=self.timeout_s)
+            except subprocess.TimeoutExpired:
+                self.kill()
+                code = -1
+            finally:
+                self.child = None
+        os.remove(params_file)
+        tail = open(log_path).read()[-3000:]
+        if code != 0:
+            return False, tail
+        strip_volatile(partial)
+        os.replace(partial, out)
+        return True, tail
+
+    def kill(self) -> None:
+        if self.child is not None and self.child.poll() is None:
+            os.killpg(self.child.pid, signal.SIGTERM)
+            try:
+                self.child.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.child.pid, signal.SIGKILL)
+
+
+def _try_lock(run_dir: str):
+    os.makedirs(run_dir, exist_ok=True)
+    fd = os.open(os.path.join(run_dir, ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _error_summary(log_tail: str) -> str:
+    lines = [ln for ln in log_tail.splitlines() if ln.strip()]
+    errs = [ln for ln in lines if "Error" in ln or "Exception" in ln or "Diverged" in ln]
+    return (errs[-1] if errs else (lines[-1] if lines else "no output")).strip()[:500]
+
+
+def _fmt(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def select(runs, only: str | None):
+    if not only:
+        return list(runs)
+    pats = [p.strip() for p in only.split(",") if p.strip()]
+    return [r for r in runs if any(fnmatch.fnmatch(r.run_id(), p) if any(ch in p for ch in "*?[") else p in
+                                   os.path.basename(r.output_dir) for p in pats)]
+
+
+def run_profile(profile: str, only: str | None = None, jobs: int = 1, force: bool = False,
+                data_dir: str | None = None, results_root: str | None = None, figures_root: str | None = None,
+                aggregate: bool = True, timeout_s: float | None = None, out=sys.stdout) -> int:
+    prof = load_profile(profile, results_root)
+    runs = select(prof.runs, only)
+    if not runs:
+        print(f"no run of profile {profile!r} matches --only {only!r}; runs: "
+              f"{', '.join(r.run_id() for r in prof.runs)}", file=out)
+        return 2
+    if data_dir:
+        for r in runs:
+            r.data_dir = os.path.abspath(os.path.expanduser(data_dir))
+    for r in runs:
+        r.validate()
+        check_parameters(TEMPLATE, {**r.to_dict(), "write_done": False})
+    print(f"profile {prof.name}: {len(runs)} run(s){' (' + prof.description + ')' if prof.description else ''}", file=out)
+    todo = [r for r in runs if force or not results.is_done(r.output_dir)]
+    for r in runs:
+        if r not in todo:
+            print(f"  skip {os.path.basename(r.output_dir)}: already DONE (use --force to redo)", file=out)
+    failures: list[tuple[str, str]] = []
+    start = time.perf_counter()
+    runners: list[Runner] = []
+
+    def on_signal(signum, _frame):
+        for rn in runners:
+            rn.kill()
+        print(f"\ninterrupted by signal {signum}: finished runs are kept; rerun to complete the rest", file=out)
+        sys.exit(128 + signum)
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        def one(i_cfg):
+            i, cfg = i_cfg
+            rid = os.path.basename(cfg.output_dir)
+            fd = _try_lock(cfg.output_dir)
+            if fd is None:
+                return rid, False, "locked: another ./run_all.sh is running this pair right now"
+            try:
+                if force or not results.is_done(cfg.output_dir):
+                    results.clear_run(cfg.output_dir)
+                    runner = Runner(timeout_s)
+                    runners.append(runner)
+                    params = {**cfg.to_dict(), "write_done": False}
+                    t0 = time.perf_counter()
+                    ok, tail = runner.execute(TEMPLATE, os.path.join(cfg.output_dir, "notebook.ipynb"), params)
+                    if not ok:
+                        results.mark_failed(cfg.output_dir, tail)
+                        return rid, False, _error_summary(tail)
+                    results.mark_done(cfg.output_dir)
+                    return rid, True, f"done in {_fmt(time.perf_counter() - t0)}"
+                return rid, True, "already DONE"
+            finally:
+                os.close(fd)
+
+        finished = 0
+        items = list(enumerate(todo, 1))
+        if jobs <= 1:
+            iterator = map(one, items)
+        else:
+            from concurrent.futures import ThreadPoolExecutor
+            pool = ThreadPoolExecutor(max_workers=jobs)
+            iterator = pool.map(one, items)
+        for rid, ok, msg in iterator:
+            finished += 1
+            elapsed = time.perf_counter() - start
+            eta = elapsed / finished * (len(todo) - finished)
+            print(f"[{finished}/{len(todo)}] {rid}: {'ok' if ok else 'FAILED'}, {msg} | elapsed {_fmt(elapsed)}"
+                  f", ETA {_fmt(eta)}", file=out, flush=True)
+            if not ok:
+                failures.append((rid, msg))
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+    if aggregate:
+        done = [r for r in prof.runs if results.is_done(r.output_dir)]
+        if done:
+            profile_dir = os.path.dirname(runs[0].output_dir)
+            print(f"aggregating {len(done)} completed run(s) -> {os.path.relpath(profile_dir, ROOT)}/table_error_flops.*",
+                  file=out, flush=True)
+            params = {"profile": prof.name, "results_root": os.path.dirname(profile_dir),
+                      "figures_root": figures_root or os.path.join(ROOT, "figures")}
+            ok, tail = Runner(timeout_s).execute(AGGREGATE, os.path.join(profile_dir, "aggregate.ipynb"), params)
+            if not ok:
+                failures.append(("aggregate", _error_summary(tail)))
+    if failures:
+        print(f"\n{len(failures)} failure(s):", file=out)
+        for rid, msg in failures:
+            print(f"  {rid}: {msg}", file=out)
+        return 1
+    print(f"all {len(runs)} run(s) complete in {_fmt(time.perf_counter() - start)}", file=out)
+    return 0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="./run_all.sh",
+        description="Run every backbone/dataset/variant of a profile as a papermill-executed notebook "
+                    "(results/<profile>/<run>/), then aggregate tables and figures.",
+        epilog=f"profiles: {', '.join(list_profiles())}. Finished runs (DONE marker) are skipped; failures are "
+               "listed at the end with exit code 1.")
+    ap.add_argument("--profile", default="smoke", help="experiments/<NAME>.yaml (default: smoke)")
+    ap.add_argument("--only", default=None, help="run ids to run: substring or glob, comma-separated "
+                    "(e.g. mobilenet_0.75 or '*__cifar10__elastic')")
+    ap.add_argument("--jobs", type=int, default=1, help="runs in parallel (default 1; each uses all cores)")
+    ap.add_argument("--force", action="store_true", help="redo runs that are already DONE")
+    ap.add_argument("--data-dir", default=None, help="folder with the CIFAR archives (overrides the profile)")
+    ap.add_argument("--results-root", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--figures-root", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--no-aggregate", action="store_true", help="skip the aggregation notebook")
+    ap.add_argument("--timeout", type=float, default=None, help="seconds per run before it is killed")
+    ap.add_argument("--list", action="store_true", help="list the runs of the profile and exit")
+    a = ap.parse_args(argv)
+    try:
+        if a.list:
+            for r in select(load_profile(a.profile, a.results_root).runs, a.only):
+                print(f"{os.path.basename(r.output_dir)}\t{'DONE' if results.is_done(r.output_dir) else 'todo'}")
+            return 0
+        return run_profile(a.profile, a.only, a.jobs, a.force, a.data_dir, a.results_root, a.figures_root,
+                           not a.no_aggregate, a.timeout)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

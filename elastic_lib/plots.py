@@ -1,0 +1,167 @@
+"""Figure functions the notebooks call (seaborn/matplotlib). Each returns the Figure;
+``save`` writes PNG and SVG reproducibly (no timestamps)."""
+from __future__ import annotations
+
+import os
+
+import matplotlib
+import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
+
+matplotlib.rcParams.update({"svg.hashsalt": "elastic", "figure.dpi": 100, "savefig.dpi": 110,
+                            "axes.grid": True, "grid.alpha": 0.3})
+sns.set_theme(style="whitegrid", context="notebook")
+
+
+def save(fig, stem: str) -> list[str]:
+    """``stem``.png and ``stem``.svg, written without volatile metadata."""
+    os.makedirs(os.path.dirname(os.path.abspath(stem)), exist_ok=True)
+    paths = []
+    for ext, meta in (("png", {"Software": None}), ("svg", {"Date": None, "Creator": None})):
+        path = f"{stem}.{ext}"
+        fig.savefig(path, bbox_inches="tight", metadata=meta)
+        paths.append(path)
+    return paths
+
+
+def _output_palette(n: int):
+    return sns.color_palette("viridis", n)
+
+
+# ---------------------------------------------------------------- one run
+def training_curves(history: pd.DataFrame, title: str = ""):
+    """Left: total train/val loss per epoch (phase boundary dashed). Right: validation
+    accuracy of every output (dark = shallow, light = deep; final in red)."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.8))
+    a.plot(history["epoch"], history["loss"], "o-", label="train loss (weighted sum)")
+    a.plot(history["epoch"], history["val_loss"], "s-", label="val loss (weighted sum)")
+    outs = [c[len("val_"):-len("_accuracy")] for c in history.columns if c.startswith("val_") and c.endswith("_accuracy")]
+    pal = _output_palette(len(outs))
+    for color, out in zip(pal, outs):
+        kw = dict(color="tab:red", lw=2.5, label="final") if out == "final" else dict(color=color, lw=1, alpha=0.8)
+        b.plot(history["epoch"], history[f"val_{out}_accuracy"], **kw)
+    for ax in (a, b):
+        if (history["phase"] == 2).any() and (history["phase"] == 1).any():
+            ax.axvline(history.loc[history["phase"] == 2, "epoch"].min() - 0.5, color="gray", ls="--", lw=1)
+        ax.set_xlabel("epoch (dashed line: phase 1 frozen | phase 2 all layers)")
+    a.set_ylabel("loss")
+    a.legend(fontsize=8)
+    b.set_ylabel("validation accuracy")
+    b.set_ylim(0, 1.02)
+    b.legend(fontsize=8, loc="lower right")
+    fig.suptitle(title or "training curves")
+    fig.tight_layout()
+    return fig
+
+
+def error_vs_depth(exits: pd.DataFrame, baseline_err: float | None = None, title: str = "", x: str = "depth_index"):
+    """Top-1 test error of every output against its depth (the paper's per-depth plot)."""
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    ax.plot(exits[x], exits["top1_err_pct"], "o-", label="elastic outputs (top-1)")
+    ax.plot(exits[x], exits["top5_err_pct"], "^--", alpha=0.6, label="elastic outputs (top-5)")
+    if baseline_err is not None:
+        ax.axhline(baseline_err, color="tab:red", ls=":", label=f"baseline final ({baseline_err:.2f}%)")
+    ax.set_xticks(exits[x])
+    ax.set_xticklabels(exits["output"], rotation=60, fontsize=8)
+    ax.set_ylabel("test error (%)")
+    ax.set_xlabel("output (shallowest -> final)")
+    ax.set_ylim(0, max(100, exits["top1_err_pct"].max() * 1.05) if exits["top1_err_pct"].max() > 50 else None)
+    ax.legend(fontsize=8)
+    ax.set_title(title or "error vs. depth")
+    fig.tight_layout()
+    return fig
+
+
+def accuracy_vs_flops(sweep: pd.DataFrame, exits: pd.DataFrame, summary: pd.DataFrame | None = None, title: str = ""):
+    """Test accuracy vs. expected FLOPs (convention 'flops'): dynamic threshold sweeps and
+    every fixed exit; selected policies (thresholds from validation) marked."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for crit, df in sweep.groupby("criterion", sort=True):
+        df = df.sort_values("test_expected_flops")
+        ax.plot(df["test_expected_flops"] / 1e6, 100 * df["test_acc"], "-", lw=1.5, label=f"dynamic ({crit})")
+    ax.plot(exits["flops_to_output"] / 1e6, 100 - exits["top1_err_pct"], "ko", ms=4, label="fixed exits")
+    if summary is not None:
+        for _, r in summary.iterrows():
+            ax.plot(r["expected_flops"] / 1e6, 100 * r["test_acc"], "*", ms=12, label=r["policy"])
+    ax.set_xlabel("expected MFLOPs per image (convention: flops)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title(title or "early exit: accuracy vs. FLOPs")
+    fig.tight_layout()
+    return fig
+
+
+def exit_rates(rates: pd.DataFrame, title: str = ""):
+    fig, ax = plt.subplots(figsize=(8, 3.2))
+    sns.barplot(data=rates[rates["policy"].str.startswith("dynamic")], x="output", y="exit_rate", hue="policy", ax=ax)
+    ax.set_ylabel("fraction of test images")
+    ax.tick_params(axis="x", rotation=60, labelsize=8)
+    ax.set_title(title or "where the dynamic policies exit")
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------- a whole profile
+def depth_curves(exits: pd.DataFrame, baselines: pd.DataFrame, dataset: str):
+    """Per-depth error of every elastic model on ``dataset`` (x = fraction of the final output's
+    kernel MACs), the baseline's final error as a dotted line of the same colour."""
+    df = exits[(exits["dataset"] == dataset) & (exits["variant"] == "elastic")]
+    backbones = sorted(df["backbone"].unique())
+    pal = dict(zip(backbones, sns.color_palette("tab10", len(backbones))))
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    for bb in backbones:
+        d = df[df["backbone"] == bb].groupby("depth_index", as_index=False).mean(numeric_only=True)
+        ax.plot(d["kernel_macs_fraction_of_final"], d["top1_err_pct"], "o-", color=pal[bb], label=f"Elastic-{bb}")
+        base = baselines[(baselines["backbone"] == bb) & (baselines["dataset"] == dataset)]
+        if not base.empty:
+            ax.axhline(base["final_top1_err_pct"].mean(), color=pal[bb], ls=":", lw=1.5, label=f"{bb} baseline")
+    ax.set_xlabel("cost of the output / cost of the final output (kernel MACs)")
+    ax.set_ylabel("top-1 test error (%)")
+    ax.set_title(f"error vs. depth, {dataset}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def early_exit_curves(sweeps: pd.DataFrame, dataset: str, criterion: str = "max_prob"):
+    df = sweeps[(sweeps["dataset"] == dataset) & (sweeps["criterion"] == criterion)]
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    for bb, d in df.groupby("backbone", sort=True):
+        d = d.groupby("threshold", as_index=False).mean(numeric_only=True).sort_values("test_expected_flops")
+        ax.plot(d["test_expected_flops"] / 1e6, 100 * d["test_acc"], "-", label=f"Elastic-{bb}")
+    ax.set_xscale("log")
+    ax.set_xlabel("expected MFLOPs per image (convention: flops, log scale)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"dynamic early exit ({criterion} threshold sweep), {dataset}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def baseline_vs_elastic_bars(table: pd.DataFrame):
+    """Final-output top-1 error, baseline vs. elastic, per backbone and dataset."""
+    g = sns.catplot(data=table, kind="bar", x="backbone", y="final_top1_err_pct", hue="variant", col="dataset",
+                    height=3.6, aspect=1.3, errorbar="sd", sharey=False,
+                    hue_order=[v for v in ("baseline", "elastic") if v in set(table["variant"])])
+    g.set_axis_labels("", "final-output top-1 error (%)")
+    g.tick_params(axis="x", rotation=30)
+    g.figure.suptitle("exits as a regulariser? final error without / with exits", y=1.03)
+    return g.figure
+
+
+def all_training_curves(history: pd.DataFrame):
+    g = sns.relplot(data=history, kind="line", x="epoch", y="val_final_accuracy", hue="variant", col="backbone",
+                    row="dataset", height=2.8, aspect=1.2, marker="o", facet_kws={"sharey": False})
+    g.set_axis_labels("epoch", "val accuracy (final output)")
+    return g.figure
+
+
+def same_depth_bars(df: pd.DataFrame):
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    sns.barplot(data=df, x="label", y="top1_err_pct", hue="dataset", ax=ax)
+    ax.set_xlabel("")
+    ax.set_ylabel("top-1 test error (%)")
+    ax.set_title("complete network vs. elastic exit of the same depth (paper Fig. 6)")
+    fig.tight_layout()
+    return fig

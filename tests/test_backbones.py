@@ -1,0 +1,160 @@
+"""Every registry backbone builds with and without exits, and its default taps match the
+published architectures (counts and names written out from the papers / Keras docs)."""
+import gc
+from collections import Counter
+
+import numpy as np
+import pytest
+
+import elastic_lib
+from elastic_lib import build_elastic_model, exit_taps, get_backbone
+from elastic_lib.exits import output_names
+
+NUM_CLASSES = 7
+BACKBONES = elastic_lib.list_backbones()
+
+
+def _resnet_taps(blocks):
+    return [f"conv{stage}_block{b}_out" for stage, n in zip((2, 3, 4, 5), blocks) for b in range(1, n + 1)]
+
+
+def _densenet_taps(blocks):
+    # the last concat of each dense block, and each transition's pooling (3 transitions)
+    taps = []
+    for i, n in enumerate(blocks):
+        taps.append(f"conv{i + 2}_block{n}_concat")
+        if i < 3:
+            taps.append(f"pool{i + 2}_pool")
+    return taps
+
+
+# MobileNetV2 (Sandler et al. 2018, Table 2): 17 bottleneck blocks; a block has a residual
+# add when stride 1 and in == out channels: blocks 2, 4, 5, 7, 8, 9, 11, 12, 14, 15.
+_MBV2_ADD = {2, 4, 5, 7, 8, 9, 11, 12, 14, 15}
+_MOBILENET_V2_TAPS = ["expanded_conv_project_BN"] + [
+    f"block_{i}_add" if i in _MBV2_ADD else f"block_{i}_project_BN" for i in range(1, 17)]
+# EfficientNet-B0 (Tan & Le 2019, Table 1): stages of 1, 2, 2, 3, 3, 4, 1 MBConv blocks; every
+# block but the first of a stage has a residual add.
+_EFFNET_TAPS = [f"block{s}{chr(ord('a') + j)}_" + ("project_bn" if j == 0 else "add")
+                for s, n in enumerate((1, 2, 2, 3, 3, 4, 1), start=1) for j in range(n)]
+
+EXPECTED_TAPS = {
+    "mobilenet_0.75": [f"conv_pw_{i}_relu" for i in range(1, 14)],
+    "mobilenet_v2": _MOBILENET_V2_TAPS,
+    "inception_v3": [f"mixed{i}" for i in range(11)],
+    "resnet50": _resnet_taps((3, 4, 6, 3)),
+    "resnet50_legacy": _resnet_taps((3, 4, 6, 3)),
+    "resnet101": _resnet_taps((3, 4, 23, 3)),
+    "resnet152": _resnet_taps((3, 8, 36, 3)),
+    "densenet121": _densenet_taps((6, 12, 24, 16)),
+    "densenet169": _densenet_taps((6, 12, 32, 32)),
+    "densenet201": _densenet_taps((6, 12, 48, 32)),
+    "vgg16": [f"block{i}_pool" for i in range(1, 6)],
+    "efficientnet_b0": _EFFNET_TAPS,
+}
+# The counts from the brief / paper, kept separate from the name lists above as a cross-check.
+EXPECTED_COUNTS = {"resnet50": 16, "resnet50_legacy": 16, "resnet101": 33, "resnet152": 50, "inception_v3": 11,
+                   "mobilenet_0.75": 13, "vgg16": 5, "densenet121": 7, "densenet169": 7, "densenet201": 7,
+                   "mobilenet_v2": 17, "efficientnet_b0": 16}
+
+
+class Built:
+    def __init__(self, name):
+        self.name = name
+        self.size = get_backbone(name).min_size
+        self.all = build_elastic_model(name, NUM_CLASSES, self.size, exits="all")
+        self.none = build_elastic_model(name, NUM_CLASSES, self.size, exits="none")
+        x = np.zeros((1, self.size, self.size, 3), np.float32)
+        self.out_all = [np.asarray(o) for o in _as_list(self.all(x, training=False))]
+        self.out_none = [np.asarray(o) for o in _as_list(self.none(x, training=False))]
+        # the registry rule applied to a model without exit layers
+        self.default_taps = get_backbone(name).tap_rule(self.none)
+
+
+def _as_list(out):
+    return list(out) if isinstance(out, (list, tuple)) else [out]
+
+
+@pytest.fixture(scope="module", params=BACKBONES)
+def built(request):
+    """One backbone at a time (pytest groups the tests by this module-scoped param)."""
+    b = Built(request.param)
+    yield b
+    del b
+    gc.collect()
+
+
+def test_registry_is_covered_by_facts():
+    assert set(BACKBONES) == set(EXPECTED_TAPS), "add the architecture facts of a new backbone to this file"
+
+
+def test_number_and_shape_of_outputs(built):
+    assert len(built.default_taps) >= 1
+    assert len(built.all.outputs) == len(built.default_taps) + 1
+    assert len(built.out_all) == len(built.default_taps) + 1
+    assert len(built.none.outputs) == 1 and len(built.out_none) == 1
+    for p in built.out_all + built.out_none:
+        assert p.shape == (1, NUM_CLASSES)
+        assert np.all(np.isfinite(p)) and np.all(p >= 0)
+        np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_default_taps_match_architecture(built):
+    expected = EXPECTED_TAPS[built.name]
+    assert built.default_taps == expected
+    assert len(built.default_taps) == EXPECTED_COUNTS[built.name]
+    assert exit_taps(built.all)[:-1] == expected
+
+
+def test_added_layers_are_named_after_their_tap(built):
+    taps = built.default_taps
+    names_all = {l.name for l in built.all.layers if type(l).__name__ != "InputLayer"}
+    names_none = {l.name for l in built.none.layers if type(l).__name__ != "InputLayer"}
+    exit_layers = {f"exit_{t}_{part}" for t in taps for part in ("pool", "dropout", "softmax")}
+    final_all = {"final_flatten", "final_dropout", "final_softmax"}
+    final_none = {"final_flatten", "final_softmax"}
+    assert exit_layers | final_all <= names_all
+    assert final_none <= names_none
+    # nothing else was added: the remaining layers of both models are the same backbone
+    # (compared by type and output shape: some Keras backbones auto-name layers, e.g. conv2d_59)
+    def backbone_signature(model, added):
+        return Counter((type(l).__name__, tuple(l.output.shape)) for l in model.layers
+                       if type(l).__name__ != "InputLayer" and l.name not in added)
+
+    assert backbone_signature(built.all, exit_layers | final_all) == backbone_signature(built.none, final_none)
+    assert not any(n.startswith(("exit_", "final_")) for n in names_none - final_none)
+    assert not any(n.startswith(("exit_", "final_")) for n in names_all - exit_layers - final_all)
+    assert output_names(built.all) == [f"exit_{t}_softmax" for t in taps] + ["final_softmax"]
+    assert output_names(built.none) == ["final_softmax"]
+    for t in taps:  # tap -> GAP -> Dropout -> Dense(softmax)
+        pool = built.all.get_layer(f"exit_{t}_pool")
+        drop = built.all.get_layer(f"exit_{t}_dropout")
+        dense = built.all.get_layer(f"exit_{t}_softmax")
+        assert type(pool).__name__ == "GlobalAveragePooling2D"
+        assert type(drop).__name__ == "Dropout" and drop.rate == pytest.approx(0.2)
+        assert type(dense).__name__ == "Dense" and dense.units == NUM_CLASSES
+        assert dense.activation.__name__ == "softmax"
+        assert pool.input is built.all.get_layer(t).output
+        assert drop.input is pool.output and dense.input is drop.output
+
+
+def test_deeper_half_resnet50_is_taps_8_to_16():
+    model = build_elastic_model("resnet50", NUM_CLASSES, 32, exits="deeper_half")
+    taps = exit_taps(model)[:-1]
+    assert len(taps) == 9
+    assert taps == EXPECTED_TAPS["resnet50"][7:16]
+    # 3 conv2 + 4 conv3 taps come first, so the 8th tap is the first conv4 block
+    assert taps[0] == "conv4_block1_out" and taps[-1] == "conv5_block3_out"
+
+
+def test_custom_exit_list_is_sorted_shallowest_first():
+    model = build_elastic_model("vgg16", NUM_CLASSES, 32, exits=["block4_pool", "block2_pool"])
+    assert exit_taps(model)[:-1] == ["block2_pool", "block4_pool"]
+
+
+def test_resnet50_legacy_min_size_is_tight():
+    # 196 -> conv1 (pad 3, 7x7/2) 98 -> maxpool 3/2 (no pad) 48 -> 24 -> 12 -> 6 < 7 (7x7 avg pool)
+    # 197 -> 99 -> 49 -> 25 -> 13 -> 7: the smallest input the legacy backbone accepts.
+    assert get_backbone("resnet50_legacy").min_size == 197
+    with pytest.raises(Exception):
+        get_backbone("resnet50_legacy").constructor(input_shape=(196, 196, 3), weights=None)

@@ -1,0 +1,161 @@
+"""Loss weights, the two-phase recipe (what is frozen when), history columns, determinism and
+divergence. Training runs on 60 digits at 32x32: a few steps per phase."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from elastic_lib import build_elastic_model, get_backbone
+from elastic_lib.data import load_dataset, make_pipeline
+from elastic_lib.exits import short_output_names
+from elastic_lib.training import TrainConfig, TrainingDiverged, fit_two_phase, loss_weights, seed_everything
+
+BACKBONE, SIZE, BATCH = "mobilenet_0.75", 32, 16
+
+
+# ---------------------------------------------------------------- loss weights
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 14])
+def test_loss_weight_schemes(n):
+    L = n  # number of outputs; exits have depth d = 1 .. L-1, the final head weight 1
+    assert loss_weights(n, "uniform") == [1.0] * n
+    assert loss_weights(n) == [1.0] * n
+    assert loss_weights(n, "depth") == pytest.approx([1 / (L - d) for d in range(1, L)] + [1.0])
+    assert loss_weights(n, "linear") == pytest.approx([d / (L - 1) for d in range(1, L)] + [1.0])
+
+
+def test_loss_weights_examples():
+    assert loss_weights(4, "depth") == pytest.approx([1 / 3, 1 / 2, 1.0, 1.0])
+    assert loss_weights(4, "linear") == pytest.approx([1 / 3, 2 / 3, 1.0, 1.0])
+
+
+def test_unknown_loss_weight_scheme():
+    with pytest.raises(ValueError) as err:
+        loss_weights(3, "exponential")
+    for valid in ("uniform", "depth", "linear"):
+        assert valid in str(err.value)
+
+
+# ---------------------------------------------------------------- helpers
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits", limit_per_class=6)  # 48 train / 12 val
+
+
+def pipelines(model, s, x_train=None, shuffle=False):
+    pre = get_backbone(BACKBONE).preprocess
+    n = len(model.outputs)
+    x_train = s.x_train if x_train is None else x_train
+    return (make_pipeline(x_train, s.y_train, SIZE, pre, BATCH, n, shuffle=shuffle, seed=0),
+            make_pipeline(s.x_val, s.y_val, SIZE, pre, BATCH, n))
+
+
+def snapshot(model):
+    return {l.name: [np.array(w) for w in l.get_weights()] for l in model.layers if l.get_weights()}
+
+
+def is_head(name):
+    return name.startswith("exit_") or name.startswith("final_")
+
+
+def changed(before, after, name):
+    return any(not np.array_equal(a, b) for a, b in zip(before[name], after[name]))
+
+
+# ---------------------------------------------------------------- two phases
+def test_two_phase_training(digits):
+    seed_everything(0)
+    model = build_elastic_model(BACKBONE, 10, SIZE, exits="all")
+    train, val = pipelines(model, digits)
+    w0 = snapshot(model)
+    backbone = [n for n in w0 if not is_head(n)]
+    heads = [n for n in w0 if is_head(n)]
+    assert len(heads) == 14 and len(backbone) > 50
+
+    # phase 1 only: heads train, the backbone (weights and BatchNorm statistics) stays put
+    h1 = fit_two_phase(model, train, val, TrainConfig(phase1_epochs=1, phase2_epochs=0, learning_rate=0.01,
+                                                       verbose=0))
+    w1 = snapshot(model)
+    assert [n for n in backbone if changed(w0, w1, n)] == []
+    assert [n for n in heads if not changed(w0, w1, n)] == []
+
+    # phase 2 only: everything trains
+    h2 = fit_two_phase(model, train, val, TrainConfig(phase1_epochs=0, phase2_epochs=1, phase2_learning_rate=0.01,
+                                                       verbose=0))
+    w2 = snapshot(model)
+    moved = [n for n in backbone if changed(w1, w2, n)]
+    assert "conv1" in moved and "conv_pw_13" in moved
+    assert len(moved) == len(backbone)
+
+    # history: one loss / accuracy column per output, train and validation, short names
+    short = short_output_names(model)
+    assert short == [f"exit{i:02d}" for i in range(1, 14)] + ["final"]
+    for h, phase in ((h1, 1), (h2, 2)):
+        assert len(h) == 1 and h.loc[0, "phase"] == phase and h.loc[0, "epoch"] == 1
+        for s in short:
+            for col in (f"{s}_loss", f"{s}_accuracy", f"val_{s}_loss", f"val_{s}_accuracy"):
+                assert col in h.columns, col
+        assert not [c for c in h.columns if "softmax" in c or c.startswith(("exit_", "val_exit_"))]
+        # uniform weights: the total loss is the plain sum of the per-output losses
+        assert h.loc[0, "loss"] == pytest.approx(sum(h.loc[0, f"{s}_loss"] for s in short), rel=1e-4)
+        assert h.loc[0, "val_loss"] == pytest.approx(sum(h.loc[0, f"val_{s}_loss"] for s in short), rel=1e-4)
+    assert all(model.get_layer(n).trainable for n in backbone)  # left fully trainable
+
+
+def _tiny_run(digits, loss_scheme="depth"):
+    """Fresh seeded model with 2 exits; one all-layers epoch (dropout, shuffling and init all
+    draw random numbers)."""
+    seed_everything(0)
+    model = build_elastic_model(BACKBONE, 10, SIZE, exits=["conv_pw_3_relu", "conv_pw_7_relu"])
+    train, val = pipelines(model, digits, shuffle=True)
+    return fit_two_phase(model, train, val, TrainConfig(phase1_epochs=0, phase2_epochs=1, phase2_learning_rate=0.01,
+                                                        loss_weights=loss_scheme, verbose=0))
+
+
+def test_training_is_deterministic(digits):
+    a, b = _tiny_run(digits), _tiny_run(digits)
+    assert list(a["phase"]) == [2] and list(a["epoch"]) == [1]
+    loss_cols = [c for c in a.columns if c.endswith("loss")]
+    assert len(loss_cols) == 8
+    assert np.isfinite(a[loss_cols].to_numpy()).all()
+    pd.testing.assert_frame_equal(a, b, check_exact=True)
+    # depth weights for 3 outputs: 1/(3-1), 1/(3-2), final 1
+    expected = 0.5 * a.loc[0, "exit01_loss"] + 1.0 * a.loc[0, "exit02_loss"] + 1.0 * a.loc[0, "final_loss"]
+    assert a.loc[0, "loss"] == pytest.approx(expected, rel=1e-4)
+
+
+def _fit_baseline(digits, lr, x_train=None, phase=2):
+    seed_everything(0)
+    model = build_elastic_model(BACKBONE, 10, SIZE, exits="none")
+    train, val = pipelines(model, digits, x_train=x_train)
+    cfg = TrainConfig(phase1_epochs=int(phase == 1), phase2_epochs=int(phase == 2), learning_rate=lr,
+                      phase2_learning_rate=lr, verbose=0)
+    return fit_two_phase(model, train, val, cfg)
+
+
+def test_overflowing_learning_rate_diverges(digits):
+    with pytest.raises(TrainingDiverged, match="learning rate"):
+        _fit_baseline(digits, 1e30)
+
+
+def test_absurd_learning_rate_diverges(digits):
+    with pytest.raises(TrainingDiverged, match="learning rate"):
+        _fit_baseline(digits, 1e12)
+
+
+def test_nan_inputs_diverge(digits):
+    x = digits.x_train.astype(np.float32)
+    x[0, 0, 0, 0] = np.nan
+    with pytest.raises(TrainingDiverged, match="phase 1"):
+        _fit_baseline(digits, 0.01, x_train=x, phase=1)
+
+
+def test_experiment_mirrored_strategy_trains(tmp_path):
+    from elastic_lib.experiment import Experiment
+
+    exp = Experiment({"backbone": BACKBONE, "dataset": "digits", "image_size": SIZE, "limit_per_class": 6,
+                      "phase1_epochs": 1, "phase2_epochs": 0, "batch_size": BATCH, "strategy": "mirrored",
+                      "output_dir": str(tmp_path / "run")})
+    exp.setup()
+    exp.load_data()
+    exp.build_model()
+    history = exp.train()
+    assert len(history) == 1
