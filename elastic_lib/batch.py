@@ -71,7 +71,7 @@ class Runner:
         self.child: subprocess.Popen | None = None
         self.timeout_s = timeout_s
 
-    def execute(self, notebook: str, out: str, params: dict) -> tuple[bool, str]:
+    def execute(self, notebook: str, out: str, params: dict, lock_fd: int | None = None) -> tuple[bool, str]:
         """Run ``notebook`` with papermill into ``out`` (via a .partial file); (ok, log tail)."""
         check_parameters(notebook, params)
         folder = os.path.dirname(out)
@@ -80,8 +80,11 @@ class Runner:
         partial = out[: -len(".ipynb")] + ".partial.ipynb"
         log_path = os.path.join(folder, "papermill.log")
         with open(log_path, "w") as log:
+            # the child inherits the run directory's lock: if this driver is SIGKILLed, the run
+            # stays locked until the orphaned notebook ends, so a rerun cannot clobber it
             self.child = subprocess.Popen(_papermill_cmd(notebook, partial, params_file), stdout=log,
-                                          stderr=subprocess.STDOUT, start_new_session=True)
+                                          stderr=subprocess.STDOUT, start_new_session=True,
+                                          pass_fds=(lock_fd,) if lock_fd is not None else ())
             try:
                 code = self.child.wait(timeout=self.timeout_s)
             except subprocess.TimeoutExpired:
@@ -181,7 +184,7 @@ def run_profile(profile: str, only: str | None = None, jobs: int = 1, force: boo
                     runners.append(runner)
                     params = {**cfg.to_dict(), "write_done": False}
                     t0 = time.perf_counter()
-                    ok, tail = runner.execute(TEMPLATE, os.path.join(cfg.output_dir, "notebook.ipynb"), params)
+                    ok, tail = runner.execute(TEMPLATE, os.path.join(cfg.output_dir, "notebook.ipynb"), params, fd)
                     if not ok:
                         results.mark_failed(cfg.output_dir, tail)
                         return rid, False, _error_summary(tail)

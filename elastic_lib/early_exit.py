@@ -212,11 +212,12 @@ def latency_table(staged: StagedModel, x_one: np.ndarray, costs: pd.DataFrame, r
 
 def dynamic_latency(staged: StagedModel, images: np.ndarray, threshold: float, costs: pd.DataFrame,
                     warmup: int = 3) -> dict:
-    """Mean per-image latency of the real dynamic policy vs. the full model, over ``images``
-    (each fed as a batch of one), with the measured speed-up next to the FLOPs ratio."""
+    """Mean per-image latency of the real dynamic policy vs. computing the final output alone,
+    over ``images`` (each fed as a batch of one), with the measured speed-up next to the FLOPs ratio."""
+    final = staged.fixed(staged.n_exits)
     for _ in range(warmup):
         staged.predict_dynamic(images[:1], threshold)
-        np.asarray(staged.full(images[:1]))
+        np.asarray(final(images[:1]))
     dyn, full, exits = [], [], []
     for img in images:
         x = img[None]
@@ -224,13 +225,13 @@ def dynamic_latency(staged: StagedModel, images: np.ndarray, threshold: float, c
         i, _ = staged.predict_dynamic(x, threshold)
         dyn.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        np.asarray(staged.full(x))
+        np.asarray(final(x))
         full.append(time.perf_counter() - t0)
         exits.append(i)
     exits = np.asarray(exits)
     expected = float(costs["flops_cumulative"].to_numpy()[exits].mean())
     return {"threshold": threshold, "criterion": staged.criterion, "n_images": len(images),
-            "dynamic_latency_ms": 1e3 * float(np.mean(dyn)), "full_latency_ms": 1e3 * float(np.mean(full)),
+            "dynamic_latency_ms": 1e3 * float(np.mean(dyn)), "final_latency_ms": 1e3 * float(np.mean(full)),
             "measured_speedup": float(np.mean(full) / np.mean(dyn)),
             "flops_ratio": float(costs["flops_to_output"].iloc[-1]) / expected,
             "mean_exit": float(exits.mean() + 1)}

@@ -152,8 +152,10 @@ def baseline_vs_elastic_bars(table: pd.DataFrame):
 
 def all_training_curves(history: pd.DataFrame):
     g = sns.relplot(data=history, kind="line", x="epoch", y="val_final_accuracy", hue="variant", col="backbone",
-                    row="dataset", height=2.8, aspect=1.2, marker="o", facet_kws={"sharey": False})
+                    row="dataset", height=3.0, aspect=1.4, marker="o", facet_kws={"sharey": False})
     g.set_axis_labels("epoch", "val accuracy (final output)")
+    g.set_titles("{row_name}: {col_name}")
+    g.figure.suptitle("validation accuracy of the final output per epoch (phase 1 then phase 2)", y=1.03)
     return g.figure
 
 

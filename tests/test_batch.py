@@ -1,0 +1,127 @@
+"""run_all.sh's driver: bad input refused early, failures recorded, kills and locks lose nothing."""
+import fcntl
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from elastic_lib import batch, results
+from elastic_lib.config import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = dict(dataset="digits", image_size=32, limit_per_class=10, test_limit_per_class=6, phase1_epochs=1,
+            phase2_epochs=1, batch_size=16, latency_repeats=0, seed=0)
+# timing columns legitimately differ between runs; everything else must be identical
+VOLATILE = ("latency", "train_s")
+
+
+def write_profile(tmp_path, name, grid, overrides=None, defaults=None):
+    path = tmp_path / f"{name}.yaml"
+    spec = {"description": "test", "defaults": {**TINY, **(defaults or {})}, "grid": grid}
+    if overrides:
+        spec["overrides"] = overrides
+    path.write_text(yaml.safe_dump(spec))
+    return str(path)
+
+
+def run_batch(profile, root, *extra, wait=True):
+    cmd = [sys.executable, "-m", "elastic_lib.batch", "--profile", profile, "--results-root", str(root / "results"),
+           "--figures-root", str(root / "figures"), *extra]
+    env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": "0", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    if wait:
+        return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=1200)
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=env)
+
+
+def test_undeclared_notebook_parameter_is_refused():
+    with pytest.raises(ConfigError, match="not declared"):
+        batch.check_parameters(batch.TEMPLATE, {"backbone": "vgg16", "epochs": 3})
+
+
+@pytest.mark.parametrize("spec, match", [
+    ({"grid": {"backbone": ["vgg16"]}, "defaults": {"epochs": 2}}, "unknown parameter"),
+    ({"grid": {"backbone": ["vgg16"]}, "defaults": {"image_size": "32"}}, "image_size"),
+    ({"grid": {"backbone": ["vgg16"]}, "gird": {}}, "unknown key"),
+    ({"grid": {"backbone": ["vgg17"]}}, "unknown backbone"),
+    ({"grid": {"backbone": ["inception_v3"]}, "defaults": {"image_size": 32}}, "minimum input size 75"),
+])
+def test_bad_profile_exits_2_before_running(tmp_path, spec, match):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    out = run_batch(str(path), tmp_path)
+    assert out.returncode == 2
+    assert match in out.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_unknown_profile_lists_valid_ones(tmp_path):
+    out = run_batch("no-such-profile", tmp_path)
+    assert out.returncode == 2 and "smoke" in out.stderr
+
+
+def test_failures_are_recorded_and_the_batch_goes_on(tmp_path):
+    """A diverging run is FAILED with its reason; the next run is still attempted (here it is
+    locked by 'another run_all.sh' and refused without being touched)."""
+    profile = write_profile(tmp_path, "fail", {"backbone": ["mobilenet_0.75"], "variant": ["elastic", "baseline"]},
+                            overrides={"mobilenet_0.75__digits__elastic": {"learning_rate": 1e30}})
+    locked_dir = tmp_path / "results" / "fail" / "mobilenet_0.75__digits__baseline"
+    locked_dir.mkdir(parents=True)
+    (locked_dir / "history.csv").write_text("sentinel\n")
+    fd = os.open(locked_dir / ".lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    try:
+        out = run_batch(profile, tmp_path)
+    finally:
+        os.close(fd)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "2 failure(s)" in out.stdout
+    assert "TrainingDiverged" in out.stdout
+    assert "locked" in out.stdout
+    failed = tmp_path / "results" / "fail" / "mobilenet_0.75__digits__elastic"
+    assert (failed / "FAILED").exists() and not (failed / "DONE").exists()
+    assert (locked_dir / "history.csv").read_text() == "sentinel\n"
+
+
+def _table(root, profile):
+    df = pd.read_csv(root / "results" / profile / "table_error_flops_long.csv")
+    return df[[c for c in df.columns if not any(v in c for v in VOLATILE)]]
+
+
+def test_kill_and_rerun_completes_like_an_uninterrupted_run(tmp_path):
+    grid = {"backbone": ["mobilenet_0.75"], "variant": ["elastic", "baseline"]}
+    profile = write_profile(tmp_path, "kill", grid)
+    clean, killed = tmp_path / "clean", tmp_path / "killed"
+    out = run_batch(profile, clean)
+    assert out.returncode == 0, out.stdout + out.stderr
+    first, second = (killed / "results" / "kill" / f"mobilenet_0.75__digits__{v}" for v in ("elastic", "baseline"))
+
+    proc = run_batch(profile, killed, "--no-aggregate", wait=False)
+    deadline = time.time() + 600
+    while not results.is_done(str(first)) and time.time() < deadline:
+        time.sleep(0.5)
+    assert results.is_done(str(first))
+    while not (second / "params.yaml").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(3)  # mid-run: kernel started, second run in flight
+    proc.send_signal(signal.SIGTERM)
+    log = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 128 + signal.SIGTERM, log
+    assert not results.is_done(str(second))
+
+    again = run_batch(profile, killed)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "already DONE" in again.stdout and "1/1" in again.stdout
+    for run in (first, second):
+        for name in ("exits.csv", "history.csv", "per_class.csv", "summary.csv"):
+            df = pd.read_csv(run / name)
+            assert not df.duplicated().any(), f"duplicated rows in {run.name}/{name}"
+            ref = pd.read_csv(clean / "results" / "kill" / run.name / name)
+            assert len(df) == len(ref)
+    pd.testing.assert_frame_equal(_table(clean, "kill"), _table(killed, "kill"))
+    assert not list(killed.rglob(".tmp_*"))
