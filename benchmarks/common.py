@@ -206,3 +206,13 @@ def fmt(v, digits: int = 3) -> str:
             return "n/a"
         return f"{v:.{digits}g}" if abs(v) < 1e4 else f"{v:,.0f}"
     return str(v)
+
+
+def standalone(run: Callable[[bool], dict]) -> None:
+    """``python -m benchmarks.<figure> [--quick]``: run one figure and print its raw values."""
+    import argparse
+    import json
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--quick", action="store_true")
+    print(json.dumps(run(p.parse_args().quick), indent=1, default=str))

@@ -60,9 +60,6 @@ def run(quick: bool = False) -> dict:
 
 
 if __name__ == "__main__":
-    import argparse
-    import json
+    from .common import standalone
 
-    p = argparse.ArgumentParser()
-    p.add_argument("--quick", action="store_true")
-    print(json.dumps(run(p.parse_args().quick), indent=1, default=str))
+    standalone(run)

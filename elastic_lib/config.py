@@ -201,16 +201,16 @@ def load_profile(name: str, results_root: str | None = None) -> Profile:
     runs = []
     for combo in itertools.product(*axes.values()):
         params = {**defaults, **dict(zip(axes, combo))}
-        cfg = _checked(params, where)
-        extra = {**overrides.get(cfg.backbone, {}), **overrides.get(cfg.run_id(), {})}
-        if extra:
-            cfg = _checked({**params, **extra}, f"{where} overrides for {cfg.backbone}")
+        fields = {f.name for f in dataclasses.fields(RunConfig)}
+        ident = RunConfig(**{k: v for k, v in params.items() if k in fields})  # not validated yet: only its id
+        extra = {**overrides.get(ident.backbone, {}), **overrides.get(ident.run_id(), {})}
+        cfg = _checked({**params, **extra}, f"{where}{' (with its overrides)' if extra else ''}")
         name = cfg.run_id(with_seed=len(seeds) > 1)
         name += "".join(f"__{k}-{str(params[k]).replace(',', '+').replace(' ', '')}" for k in extra_axes)
         cfg.output_dir = os.path.join(root, prof_name, name)
         runs.append(cfg)
     known = {r.backbone for r in runs} | {r.run_id() for r in runs}
-    for key, value in overrides.items():
+    for key, value in overrides.items():  # a typo in a key would otherwise be silently ignored
         if key not in known:
             raise ConfigError(f"{where}: overrides key {key!r} is neither a backbone nor a run id of the grid; "
                               f"valid: {sorted(known)}")

@@ -49,6 +49,11 @@ def test_profiles_expand_and_validate():
     from elastic_lib.config import list_profiles, load_profile
 
     assert {"smoke", "cifar-mini", "paper"} <= set(list_profiles())
+    for name in list_profiles():
+        assert load_profile(name).runs
+    mini = {r.run_id(): r for r in load_profile("cifar-mini").runs}
+    assert mini["inception_v3__cifar10__elastic"].image_size == 75  # override beats a default below its minimum
+    assert mini["densenet169__cifar100__elastic"].compare_depth_of == "densenet121"
     paper = load_profile("paper")
     assert {r.backbone for r in paper.runs} == {"mobilenet_0.75", "inception_v3", "resnet50", "densenet121",
                                                  "densenet169", "vgg16"}
