@@ -61,6 +61,15 @@ def strip_volatile(path: str) -> None:
     results.atomic_write_text(path, json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
 
 
+def repo_relative(path: str) -> str:
+    """Paths inside the repo are passed to notebooks relative to it (papermill runs with
+    --cwd at the repo root), so executed notebooks do not record this machine's layout."""
+    if not path:
+        return path
+    rel = os.path.relpath(os.path.abspath(path), ROOT)
+    return path if rel.startswith("..") else rel
+
+
 def _papermill_cmd(notebook: str, out: str, params_file: str) -> list[str]:
     return [sys.executable, "-m", "papermill", notebook, out, "-f", params_file, "-k", "python3", "--cwd", ROOT,
             "--no-progress-bar", "--log-level", "WARNING"]
@@ -182,7 +191,8 @@ def run_profile(profile: str, only: str | None = None, jobs: int = 1, force: boo
                     results.clear_run(cfg.output_dir)
                     runner = Runner(timeout_s)
                     runners.append(runner)
-                    params = {**cfg.to_dict(), "write_done": False}
+                    params = {**cfg.to_dict(), "write_done": False, "output_dir": repo_relative(cfg.output_dir),
+                              "data_dir": repo_relative(cfg.data_dir)}
                     t0 = time.perf_counter()
                     ok, tail = runner.execute(TEMPLATE, os.path.join(cfg.output_dir, "notebook.ipynb"), params, fd)
                     if not ok:
@@ -220,8 +230,8 @@ def run_profile(profile: str, only: str | None = None, jobs: int = 1, force: boo
             profile_dir = os.path.dirname(runs[0].output_dir)
             print(f"aggregating {len(done)} completed run(s) -> {os.path.relpath(profile_dir, ROOT)}/table_error_flops.*",
                   file=out, flush=True)
-            params = {"profile": prof.name, "results_root": os.path.dirname(profile_dir),
-                      "figures_root": figures_root or os.path.join(ROOT, "figures")}
+            params = {"profile": prof.name, "results_root": repo_relative(os.path.dirname(profile_dir)),
+                      "figures_root": repo_relative(figures_root or os.path.join(ROOT, "figures"))}
             ok, tail = Runner(timeout_s).execute(AGGREGATE, os.path.join(profile_dir, "aggregate.ipynb"), params)
             if not ok:
                 failures.append(("aggregate", _error_summary(tail)))
