@@ -9,7 +9,6 @@ which the next invocation redoes from scratch.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import fnmatch
 import json
 import os
@@ -118,17 +117,6 @@ class Runner:
                 os.killpg(self.child.pid, signal.SIGKILL)
 
 
-def _try_lock(run_dir: str):
-    os.makedirs(run_dir, exist_ok=True)
-    fd = os.open(os.path.join(run_dir, ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
-        return None
-    return fd
-
-
 def _error_summary(log_tail: str) -> str:
     lines = [ln for ln in log_tail.splitlines() if ln.strip()]
     errs = [ln for ln in lines if "Error" in ln or "Exception" in ln or "Diverged" in ln]
@@ -183,7 +171,7 @@ def run_profile(profile: str, only: str | None = None, jobs: int = 1, force: boo
         def one(i_cfg):
             i, cfg = i_cfg
             rid = os.path.basename(cfg.output_dir)
-            fd = _try_lock(cfg.output_dir)
+            fd = results.try_lock(cfg.output_dir)
             if fd is None:
                 return rid, False, "locked: another ./run_all.sh is running this pair right now"
             try:

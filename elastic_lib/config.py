@@ -134,7 +134,7 @@ class RunConfig:
 
     @property
     def dataset_label(self) -> str:
-        return self.dataset if self.dataset != "cifar100" or self.label_mode == "fine" else "cifar100coarse"
+        return dataset_label(self.dataset, self.label_mode)
 
     def run_id(self, with_seed: bool = False) -> str:
         rid = f"{self.backbone}__{self.dataset_label}__{self.variant}"
@@ -145,6 +145,11 @@ class RunConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def dataset_label(dataset: str, label_mode: str = "fine") -> str:
+    """Dataset name as used in run ids and tables: CIFAR-100 with coarse labels is its own dataset."""
+    return dataset if dataset != "cifar100" or label_mode == "fine" else "cifar100coarse"
 
 
 def _choice(name, value, valid):

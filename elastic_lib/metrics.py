@@ -21,10 +21,15 @@ def _topk_hits(probs: np.ndarray, y: np.ndarray, k: int) -> np.ndarray:
     return (topk == y[:, None]).any(axis=1)
 
 
+def top5_k(num_classes: int) -> int:
+    """k of "top-5": 5, or num_classes - 1 when there are 5 classes or fewer (top-k would be trivial)."""
+    return 5 if num_classes > 5 else num_classes - 1
+
+
 def output_metrics(probs: np.ndarray, y: np.ndarray, num_classes: int) -> dict:
     """Top-1/top-5 error (% and counts), cross-entropy loss and macro-F1 of one output."""
     labels = np.arange(num_classes)
-    k = min(5, num_classes - 1) if num_classes <= 5 else 5
+    k = top5_k(num_classes)
     n = len(y)
     probs = probs / probs.sum(axis=1, keepdims=True)  # float32 softmax rounding
     # ties broken towards the lowest class index, like argmax everywhere else (sklearn's
@@ -57,7 +62,7 @@ def exits_table(probs: list[np.ndarray], y: np.ndarray, num_classes: int, names:
 def per_class_table(probs: list[np.ndarray], y: np.ndarray, class_names: list[str], names: list[str]) -> pd.DataFrame:
     """Per-class top-1 accuracy (recall) and top-5 accuracy of every output (long format)."""
     labels = np.arange(len(class_names))
-    k = 5 if len(class_names) > 5 else len(class_names) - 1
+    k = top5_k(len(class_names))
     rows = []
     for name, p in zip(names, probs):
         top1 = recall_score(y, p.argmax(1), labels=labels, average=None, zero_division=0)

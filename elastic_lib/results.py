@@ -19,6 +19,8 @@ import tempfile
 import pandas as pd
 import yaml
 
+from .config import dataset_label
+
 DONE = "DONE"
 FAILED = "FAILED"
 FLOAT_FORMAT = "%.6g"
@@ -109,21 +111,31 @@ class LockedError(RuntimeError):
     pass
 
 
-@contextlib.contextmanager
-def lock(path: str):
-    """Exclusive, non-blocking advisory lock on ``path`` (a run directory or profile folder):
-    a second ./run_all.sh on the same runs is refused instead of corrupting them."""
+def try_lock(path: str) -> int | None:
+    """Exclusive, non-blocking advisory lock on ``path``/.lock: the open file descriptor (close
+    it to release; a child process given it keeps the lock), or None if another process holds it."""
     os.makedirs(path, exist_ok=True)
     fd = os.open(os.path.join(path, ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as err:
-            if err.errno in (errno.EAGAIN, errno.EACCES):
-                raise LockedError(f"{path} is locked by another run (pid in {path}/.lock); wait for it to finish") from None
-            raise
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        os.close(fd)
+        if err.errno in (errno.EAGAIN, errno.EACCES):
+            return None
+        raise
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+@contextlib.contextmanager
+def lock(path: str):
+    """``try_lock`` as a context manager: a second ./run_all.sh on the same runs is refused
+    (LockedError) instead of corrupting them."""
+    fd = try_lock(path)
+    if fd is None:
+        raise LockedError(f"{path} is locked by another run (pid in {path}/.lock); wait for it to finish")
+    try:
         yield
     finally:
         os.close(fd)
@@ -149,8 +161,8 @@ def collect(profile_dir: str, name: str) -> pd.DataFrame:
             continue
         p = read_params(run_dir)
         df = pd.read_csv(path)
-        dataset = p["dataset"] if p["dataset"] != "cifar100" or p.get("label_mode", "fine") == "fine" else "cifar100coarse"
-        ident = {"run": os.path.basename(run_dir), "backbone": p["backbone"], "dataset": dataset,
+        ident = {"run": os.path.basename(run_dir), "backbone": p["backbone"],
+                 "dataset": dataset_label(p["dataset"], p.get("label_mode", "fine")),
                  "variant": p["variant"], "seed": p["seed"]}
         for i, (k, v) in enumerate(ident.items()):
             df.insert(i, k, v)
