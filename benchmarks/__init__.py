@@ -9,11 +9,6 @@ one-line ``verdict`` against its target):
 4. ``complexity_bench``  the Keras-graph FLOPs walker vs. TensorFlow's profiler
 5. ``early_exit_bench``  measured early-exit speed-up next to its FLOPs ratio; naive vs. compiled
 """
-import os as _os
-
-# Before TensorFlow is imported anywhere (same settings as elastic_lib and scripts/env.sh).
-_os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-_os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-_os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+import elastic_lib  # noqa: F401  (its setup_environment() runs before TensorFlow is imported)
 
 FIGURES = ("overhead", "pipeline", "memory", "complexity_bench", "early_exit_bench")

@@ -105,13 +105,11 @@ def main(argv=None) -> int:
     if bad:
         p.error(f"unknown figure(s) {bad}; valid: {', '.join(FIGURES)}")
     out = a.out or os.path.join(ROOT, "benchmarks", "RESULTS.quick.md" if a.quick else "RESULTS.md")
-    import elastic_lib  # noqa: F401  (quiet TensorFlow logger, same env as the workbook)
-
     info = machine_info()
     log(f"machine: {info['cpu_model']}, {info['cores']} cores, {info['ram_gb']} GB, load {info['loadavg_1_5_15']}")
     t_start = time.perf_counter()
     results, modules = {}, {}
-    for name in FIGURES:  # early_exit_bench last: its fallback training turns on TF op determinism
+    for name in FIGURES:
         if only and name not in only:
             continue
         t0 = time.perf_counter()

@@ -128,17 +128,6 @@ def load_images(limit: int | None = None):
 
 
 # ---------------------------------------------------------------- machine info
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def _mem_total_gb() -> float:
     try:
         with open("/proc/meminfo") as f:
@@ -180,9 +169,12 @@ def machine_info() -> dict:
         affinity = len(os.sched_getaffinity(0))
     except AttributeError:
         affinity = os.cpu_count()
+    from elastic_lib.reproducibility import cpu_model, effective_onednn_isa
+
     return {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
+        "onednn_isa": effective_onednn_isa(),
         "cores": os.cpu_count(),
         "cores_usable": affinity,
         "ram_gb": round(_mem_total_gb(), 1),

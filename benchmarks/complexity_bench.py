@@ -1,6 +1,6 @@
 """Figure 4: the FLOPs walker vs. TensorFlow's profiler.
 
-``elastic_lib.complexity.model_complexity(model, 'flops')`` walks the Keras graph with one
+``elastic_lib.complexity.model_complexity(model)['flops']`` walks the Keras graph with one
 cost rule per layer type; ``profiler_flops(model)`` traces a batch-1 inference graph and asks
 ``tf.compat.v1.profiler`` for its float operations. Both on ResNet50 without exits at 224x224:
 the wall-clock time of each call (median of several, after one warm-up call) and the
@@ -29,7 +29,7 @@ def run(quick: bool = False) -> dict:
     res = {}
 
     def walk():
-        res["walker"] = model_complexity(model, "flops")["flops"]
+        res["walker"] = model_complexity(model)["flops"]
 
     def prof():
         res["profiler"] = profiler_flops(model)
@@ -38,7 +38,7 @@ def run(quick: bool = False) -> dict:
     t_walk = time_blocks(walk, warmup=1, repeats=reps_walk)
     log("complexity: timing profiler_flops")
     t_prof = time_blocks(prof, warmup=1, repeats=reps_prof)
-    macs = model_complexity(model, "macs")["flops"]
+    macs = model_complexity(model)["macs"]
     walk_s, prof_s = median(t_walk), median(t_prof)
     agreement = res["walker"] / res["profiler"]
     row = {"model": f"{BACKBONE} (exits='none', {IMAGE_SIZE}x{IMAGE_SIZE}, {NUM_CLASSES} classes)",

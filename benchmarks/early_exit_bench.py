@@ -1,15 +1,16 @@
 """Figure 5: early exit, measured batch-1 speed-up next to the FLOPs ratio.
 
 Recorded: every completed run directory (``DONE``) under results/smoke/ and results/cifar-mini/
-with a ``dynamic_max_prob`` row in latency.csv: that row's latency, ``speedup_vs_final`` and
-``flops_ratio_vs_final`` at the threshold chosen on validation for <= target_drop_pct (1 point)
-accuracy drop, with the test drop from early_exit_summary.csv. Without any completed run, a
-tiny MobileNet-0.75 elastic is trained on digits with ``elastic_lib.experiment.run`` into a
-temporary folder and read back the same way.
+with a ``dynamic_max_prob`` row in latency.csv and its ``model.weights.h5``: that row's latency,
+``speedup_vs_final`` and ``flops_ratio_vs_final`` at the threshold chosen on validation for
+<= target_drop_pct (1 point) accuracy drop, with the test drop from early_exit_summary.csv.
+Without any such run, a tiny MobileNet-0.75 elastic is trained on digits with
+``elastic_lib.experiment.run`` in a separate process (its op-determinism setting stays there)
+into a temporary folder and read back the same way.
 
-Live, in this process (one of those runs; weights from its model.weights.h5, the first
-``latency_images`` images of its test split, its threshold), each image as a batch of one,
-candidates interleaved per image:
+Live, in this process (one of those runs reloaded with ``Experiment.from_run_dir``: its data,
+its trained weights, the first 50 images of its test split, its threshold), each image as a
+batch of one, candidates interleaved per image:
 
 - ``compiled``: ``StagedModel.predict_dynamic`` (one tf.function, nested tf.cond)
 - ``naive``: a Python loop over ``StagedModel.segments`` / ``heads`` called eagerly, with the
@@ -23,7 +24,6 @@ candidates interleaved per image:
 """
 from __future__ import annotations
 
-import glob
 import os
 import shutil
 import tempfile
@@ -31,6 +31,8 @@ import time
 
 import numpy as np
 import pandas as pd
+
+from elastic_lib.results import repo_relative
 
 from .common import ROOT, clear_keras, fmt, log
 
@@ -41,35 +43,25 @@ TARGET_DROP = 1.0
 
 # ---------------------------------------------------------------- recorded runs
 def completed_runs(root: str = os.path.join(ROOT, "results")) -> list[str]:
+    """Completed runs of PROFILES whose latency was measured and whose weights are present."""
+    from elastic_lib.results import completed_runs as done_runs
+
     dirs = []
-    for prof in PROFILES:
-        for d in sorted(glob.glob(os.path.join(root, prof, "*", ""))):
-            if not os.path.exists(os.path.join(d, "DONE")):
-                continue
-            try:  # latency.csv is empty when a run switched latency off (latency_repeats=0)
-                lat = pd.read_csv(os.path.join(d, "latency.csv"))
-                summ = pd.read_csv(os.path.join(d, "early_exit_summary.csv"))
-            except (OSError, pd.errors.EmptyDataError):
-                continue
-            if {POLICY, "final"} <= set(lat.get("output", [])) and {POLICY, "final"} <= set(summ.get("policy", [])) \
-                    and os.path.isfile(os.path.join(d, "model.weights.h5")):
-                dirs.append(os.path.normpath(d))
+    for d in [d for prof in PROFILES for d in done_runs(os.path.join(root, prof))]:
+        try:  # latency.csv is empty when a run switched latency off (latency_repeats=0)
+            lat = pd.read_csv(os.path.join(d, "latency.csv"))
+            summ = pd.read_csv(os.path.join(d, "early_exit_summary.csv"))
+        except (OSError, pd.errors.EmptyDataError):
+            continue
+        if {POLICY, "final"} <= set(lat.get("output", [])) and {POLICY, "final"} <= set(summ.get("policy", [])) \
+                and os.path.isfile(os.path.join(d, "model.weights.h5")):
+            dirs.append(os.path.normpath(d))
     return dirs
 
 
-def _rel(path: str) -> str:
-    path = os.path.abspath(path)
-    return os.path.relpath(path, ROOT) if path.startswith(ROOT + os.sep) else path
-
-
 def _num_classes(run_dir: str) -> int:
-    import yaml
-
-    with open(os.path.join(run_dir, "params.yaml")) as f:
-        p = yaml.safe_load(f)["parameters"]
-    if p.get("dataset") == "cifar100":
-        return 20 if p.get("label_mode") == "coarse" else 100
-    return 10
+    """From the run's own per-class table (no dataset rule repeated here)."""
+    return int(pd.read_csv(os.path.join(run_dir, "per_class.csv"))["class_index"].nunique())
 
 
 def recorded_row(run_dir: str) -> dict:
@@ -78,7 +70,7 @@ def recorded_row(run_dir: str) -> dict:
     dyn, pol = lat.loc[POLICY], summ.loc[POLICY]
     final_ms = float(lat.loc["final", "latency_ms"])
     return {
-        "run": _rel(run_dir), "threshold": float(dyn["threshold"]),
+        "run": repo_relative(run_dir), "threshold": float(dyn["threshold"]),
         "final_test_acc": float(summ.loc["final", "test_acc"]), "chance_acc": 1.0 / _num_classes(run_dir),
         "test_drop_pts": float(pol["test_drop_pts"]), "test_acc": float(pol["test_acc"]),
         "mean_exit": float(dyn["mean_exit"]), "n_images": int(dyn["n_images"]),
@@ -93,40 +85,27 @@ def recorded_row(run_dir: str) -> dict:
 
 
 def train_tiny(quick: bool, out_dir: str) -> str:
-    """The fallback when no run is complete: a tiny MobileNet-0.75 elastic on digits."""
-    from elastic_lib.experiment import run as run_experiment
+    """The fallback when no run is complete: a tiny MobileNet-0.75 elastic on digits, trained in
+    a separate process (its seeds and op determinism stay there)."""
+    from elastic_lib.reproducibility import run_in_subprocess
 
-    params = dict(backbone="mobilenet_0.75", phase2_epochs=2, output_dir=out_dir, latency_repeats=10,
-                  latency_images=30)
+    params = dict(backbone="mobilenet_0.75", phase2_epochs=2, latency_repeats=10, latency_images=30)
     if quick:
         params.update(phase2_epochs=1, limit_per_class=30, latency_repeats=3, latency_images=10)
     log(f"early exit: no completed run; training {params}")
-    run_experiment(params)
-    return out_dir
+    return run_in_subprocess(params, out_dir)
 
 
 # ---------------------------------------------------------------- live measurement
 def _load(run_dir: str, n_images: int):
-    import yaml
+    """The run's config, its trained model, and the first ``n_images`` test images as
+    preprocessed by its own pipeline (the images Experiment.latency() timed)."""
+    from elastic_lib.experiment import Experiment
 
-    from elastic_lib.backbones import get_backbone
-    from elastic_lib.config import RunConfig
-    from elastic_lib.data import load_dataset, make_pipeline
-    from elastic_lib.exits import build_elastic_model
-
-    with open(os.path.join(run_dir, "params.yaml")) as f:
-        cfg = RunConfig.from_dict(yaml.safe_load(f)["parameters"])
-    s = load_dataset(cfg.dataset, os.path.expanduser(cfg.data_dir) or None, cfg.label_mode, cfg.val_fraction,
-                     cfg.seed, cfg.limit_per_class, cfg.test_limit_per_class)
-    model = build_elastic_model(cfg.backbone, s.num_classes, cfg.image_size, cfg.exit_spec, cfg.final_head, None,
-                                cfg.dropout)
-    model.load_weights(os.path.join(run_dir, "model.weights.h5"))
-    # the same images Experiment.latency() timed: the first ones of the (unshuffled) test pipeline
-    ds = make_pipeline(s.x_test, s.y_test, cfg.image_size, get_backbone(cfg.backbone).preprocess, cfg.batch_size,
-                       len(model.outputs))
-    n_batches = -(-n_images // cfg.batch_size)
-    images = np.concatenate([b[0].numpy() for b in ds.take(n_batches)])[:n_images]
-    return cfg, model, images
+    exp = Experiment.from_run_dir(run_dir)
+    n_batches = -(-n_images // exp.cfg.batch_size)
+    images = np.concatenate([b[0].numpy() for b in exp.pipeline("test").take(n_batches)])[:n_images]
+    return exp.cfg, exp.model, images
 
 
 def naive_dynamic(staged, x, threshold: float):
@@ -163,7 +142,7 @@ def live(run_dir: str, n_images: int, warmup: int = 3) -> dict:
         "all_outputs": lambda x: np.asarray(staged.full(x)),
         "compiled_never_exit": lambda x: staged.predict_dynamic(x, 1.01 if cfg.exit_criterion == "max_prob" else -1.0),
     }
-    log(f"early exit: live batch-1 timing on {len(images)} images of {_rel(run_dir)} "
+    log(f"early exit: live batch-1 timing on {len(images)} images of {repo_relative(run_dir)} "
         f"(threshold {threshold:g})")
     for name, fn in cands.items():  # traces + warm-up
         for i in range(warmup):
@@ -216,7 +195,7 @@ def run(quick: bool = False, force_train: bool = False) -> dict:
             lv = live(d, n_live)
             break
         except Exception as err:  # noqa: BLE001
-            skipped.append(f"{_rel(d)}: {type(err).__name__}: {err}")
+            skipped.append(f"{repo_relative(d)}: {type(err).__name__}: {err}")
             log(f"early exit: cannot re-measure {skipped[-1]}")
     if lv is None:
         raise RuntimeError("no completed run could be re-measured: " + "; ".join(skipped))

@@ -13,7 +13,6 @@ pipeline resizes per batch, so its peak should stay far below that.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
@@ -85,8 +84,7 @@ def run(quick: bool = False) -> dict:
     limit = 0  # the whole 10,000 images even in --quick mode: one epoch takes seconds
     cmd = [sys.executable, "-m", "benchmarks.memory", "--child", "--limit", str(limit)]
     log(f"memory: subprocess {' '.join(cmd[1:])}")
-    env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS="0", TF_CPP_MIN_LOG_LEVEL="2")
-    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     if res.returncode != 0:
         raise RuntimeError(f"memory child failed ({res.returncode}):\n{res.stderr[-3000:]}")
     m = json.loads(res.stdout.strip().splitlines()[-1])

@@ -1,8 +1,8 @@
 """Figure 1: elastic overhead in training.
 
 Steady-state training-step time of the elastic model (every default exit) over the same
-backbone without exits, both compiled exactly as ``elastic_lib.training.compile_model`` does
-(SGD + momentum, one sparse cross-entropy per output, uniform loss weights, per-output
+backbone without exits, both compiled exactly as ``elastic_lib.training.compile_model`` does with
+``RunConfig()``'s defaults (SGD + momentum, one sparse cross-entropy per output, uniform loss weights, per-output
 accuracy), at 32x32, batch 32, on one fixed preprocessed batch of real images repeated by
 tf.data. Steps run through ``model.fit`` (the real training loop; ``train_on_batch`` resets
 every metric on every call, a per-call cost that grows with the number of outputs and that
@@ -11,11 +11,10 @@ baseline / elastic / elastic-with-final-metric-only, median of the per-block rat
 
 The third variant (accuracy only on the final output) separates the cost of the exit heads
 and their losses from the cost of the 2 x (exits) extra metric updates. The FLOPs ratio
-(elastic all-outputs FLOPs / baseline FLOPs, ``model_complexity(model, 'flops')``) is the
+(elastic all-outputs FLOPs / baseline FLOPs, ``model_complexity(model)['flops']``) is the
 expected lower bound of the overhead.
 """
 from __future__ import annotations
-
 
 from .common import clear_keras, fit_step_seconds, fmt, load_images, log, median, paired_ratio, spread, time_interleaved
 
@@ -24,22 +23,6 @@ BACKBONES = ("mobilenet_0.75", "resnet50")
 IMAGE_SIZE = 32
 BATCH = 32
 NUM_CLASSES = 10
-
-
-def compile_final_metric_only(model, lr, cfg) -> None:
-    """``compile_model`` with accuracy on the final output only (everything else identical)."""
-    import keras
-
-    from elastic_lib.training import loss_weights
-
-    n = len(model.outputs)
-    model.compile(
-        optimizer=keras.optimizers.SGD(learning_rate=lr, momentum=cfg.momentum),
-        loss=[keras.losses.SparseCategoricalCrossentropy() for _ in range(n)],
-        loss_weights=loss_weights(n, cfg.loss_weights),
-        metrics=[[] for _ in range(n - 1)] + [["accuracy"]],
-        jit_compile=cfg.jit_compile,
-    )
 
 
 def _fixed_batch(x, y, preprocess, n_outputs):
@@ -59,9 +42,10 @@ def measure_backbone(backbone: str, x, y, steps: int, repeats: int, warmup_steps
     from elastic_lib.backbones import get_backbone
     from elastic_lib.complexity import model_complexity
     from elastic_lib.exits import build_elastic_model
-    from elastic_lib.training import TrainConfig, compile_model
+    from elastic_lib.config import RunConfig
+    from elastic_lib.training import compile_model
 
-    cfg = TrainConfig()
+    cfg = RunConfig()
     lr = cfg.phase2_learning_rate  # phase 2: everything trainable (the bulk of training)
     keras.utils.set_random_seed(0)
     base = build_elastic_model(backbone, NUM_CLASSES, IMAGE_SIZE, exits="none")
@@ -70,9 +54,9 @@ def measure_backbone(backbone: str, x, y, steps: int, repeats: int, warmup_steps
     elastic_fm.set_weights(elastic.get_weights())
     compile_model(base, lr, cfg)
     compile_model(elastic, lr, cfg)
-    compile_final_metric_only(elastic_fm, lr, cfg)
-    flops_base = model_complexity(base, "flops")["flops"]
-    flops_el = model_complexity(elastic, "flops")["flops"]
+    compile_model(elastic_fm, lr, cfg, metrics="final")
+    flops_base = model_complexity(base)["flops"]
+    flops_el = model_complexity(elastic)["flops"]
 
     pre = get_backbone(backbone).preprocess
     data = {"baseline": (base, _fixed_batch(x, y, pre, 1)),

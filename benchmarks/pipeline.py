@@ -47,9 +47,10 @@ def model_images_per_s(x, y, image_size: int, steps: int, repeats: int) -> tuple
     from elastic_lib.backbones import get_backbone
     from elastic_lib.data import make_pipeline
     from elastic_lib.exits import build_elastic_model
-    from elastic_lib.training import TrainConfig, compile_model
+    from elastic_lib.config import RunConfig
+    from elastic_lib.training import compile_model
 
-    cfg = TrainConfig()
+    cfg = RunConfig()
     keras.utils.set_random_seed(0)
     model = build_elastic_model(BACKBONE, NUM_CLASSES, image_size, exits="all")
     compile_model(model, cfg.phase2_learning_rate, cfg)

@@ -1,17 +1,35 @@
-"""elastic_lib: Elastic Neural Networks (Zhou et al., arXiv:1810.00589) on Keras 3."""
+"""elastic_lib: Elastic Neural Networks (Zhou et al., arXiv:1810.00589) on Keras 3.
+
+Importing the package is light (no TensorFlow, no Keras): the control plane (``config``,
+``batch``, ``results``) stays fast; the model-building names below load Keras on first use.
+"""
+import logging as _logging
 import os as _os
 
-# Before TensorFlow is imported anywhere: quiet, reproducible CPU numerics.
-_os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-_os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-_os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-
-import tensorflow as _tf  # noqa: E402
-
-_tf.get_logger().setLevel("ERROR")  # retracing / deprecation chatter breaks nbval comparisons
-
-from .backbones import get_backbone, list_backbones  # noqa: E402
-from .exits import build_elastic_model, exit_taps  # noqa: E402
-
-__all__ = ["build_elastic_model", "exit_taps", "get_backbone", "list_backbones"]
 __version__ = "0.1.0"
+__all__ = ["build_elastic_model", "exit_taps", "get_backbone", "list_backbones", "setup_environment"]
+
+
+def setup_environment() -> None:
+    """The one environment setup (before TensorFlow is imported anywhere): quiet logs and
+    TensorFlow's own oneDNN graph rewrites off, Keras on TensorFlow unless told otherwise.
+    (``scripts/env.sh`` exports the same for the shell.) Existing settings are kept."""
+    _os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+    _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    _os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    _logging.getLogger("tensorflow").setLevel(_logging.ERROR)  # retracing chatter breaks nbval comparisons
+
+
+setup_environment()
+
+
+def __getattr__(name):
+    if name in ("build_elastic_model", "exit_taps"):
+        from . import exits
+
+        return getattr(exits, name)
+    if name in ("get_backbone", "list_backbones"):
+        from . import backbones
+
+        return getattr(backbones, name)
+    raise AttributeError(f"module 'elastic_lib' has no attribute {name!r}")

@@ -8,7 +8,6 @@ import pandas as pd
 from . import plots, results
 from .config import ROOT
 
-PAPER_DATASETS = ("cifar10", "cifar100")
 METRICS = [("final_top1_err_pct", "err_final"), ("best_top1_err_pct", "err_best_output"),
            ("min_exit_top1_err_pct", "err_min_output_test"),
            ("final_top5_err_pct", "top5_err_final"), ("final_macro_f1", "macro_f1_final"), ("final_loss", "loss_final")]
@@ -19,10 +18,6 @@ MODEL_COLS = [("final_kernel_macs", "kernel_macs_final"), ("final_flops", "flops
 
 def reference_dir() -> str:
     return os.path.join(ROOT, "results", "reference")
-
-
-def model_label(backbone: str, variant: str) -> str:
-    return f"Elastic-{backbone}" if variant == "elastic" else backbone
 
 
 def paper_errors() -> pd.DataFrame:
@@ -47,7 +42,7 @@ def long_table(profile_dir: str) -> pd.DataFrame:
     std = g[[c for c, _ in METRICS]].std(ddof=1).rename(columns={c: f"{n}_std" for c, n in METRICS})
     out = mean.join(std).join(g.size().rename("n_seeds")).reset_index()
     out = out.merge(paper_errors(), on=keys, how="left")
-    out.insert(0, "model", [model_label(b, v) for b, v in zip(out["backbone"], out["variant"])])
+    out.insert(0, "model", [plots.model_label(b, v) for b, v in zip(out["backbone"], out["variant"])])
     return out.sort_values(["backbone", "variant", "dataset"], kind="stable").reset_index(drop=True)
 
 
@@ -70,31 +65,37 @@ def markdown_table(long: pd.DataFrame, convention: str = "kernel_macs") -> str:
     """Markdown version of the table (generated, never typed): error columns per dataset, then
     cost of the final output (FLOPs under ``convention``) and params."""
     datasets = sorted(long["dataset"].unique())
-    header = ["model"]
-    for ds in datasets:
-        header += [f"{ds} err final (%)", f"{ds} err best output, val-selected (%)",
-                   f"{ds} err best output, test-selected as in the paper (%)", f"{ds} top-5 err (%)",
-                   f"{ds} macro-F1", f"{ds} loss", f"{ds} paper err (%)"]
-    header += [f"FLOPs final ({convention}, {datasets[0]})", "params total", "trainable", "non-trainable", "seeds"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows = []
     for model, d in long.groupby("model", sort=False):
         d = d.set_index("dataset")
-        row = [model]
+        row = {"model": model}
         for ds in datasets:
-            if ds not in d.index:
-                row += [""] * 7
-                continue
-            r = d.loc[ds]
-            row += [_pm(r["err_final_mean"], r["err_final_std"]), _pm(r["err_best_output_mean"], r["err_best_output_std"]),
-                    _pm(r["err_min_output_test_mean"], r["err_min_output_test_std"]),
-                    _pm(r["top5_err_final_mean"], r["top5_err_final_std"]), f"{r['macro_f1_final_mean']:.4f}",
-                    f"{r['loss_final_mean']:.4f}", "" if pd.isna(r["paper_err_pct"]) else f"{r['paper_err_pct']:.2f}"]
+            r = d.loc[ds] if ds in d.index else None
+            cells = {"err final (%)": ("err_final", None), "err best output, val-selected (%)": ("err_best_output", None),
+                     "err best output, test-selected as in the paper (%)": ("err_min_output_test", None),
+                     "top-5 err (%)": ("top5_err_final", None), "macro-F1": ("macro_f1_final", ".4f"),
+                     "loss": ("loss_final", ".4f")}
+            for head, (key, fmt) in cells.items():
+                row[f"{ds} {head}"] = ("" if r is None else
+                                       _pm(r[f"{key}_mean"], r[f"{key}_std"]) if fmt is None else
+                                       format(r[f"{key}_mean"], fmt))
+            row[f"{ds} paper err (%)"] = "" if r is None or pd.isna(r["paper_err_pct"]) else f"{r['paper_err_pct']:.2f}"
         first = d.iloc[0]
-        row += [f"{first[f'{convention}_final_mean'] / 1e6:.2f}M", f"{int(first['total_params_mean']):,}",
-                f"{int(first['trainable_params_mean']):,}", f"{int(first['non_trainable_params_mean']):,}",
-                str(int(first["n_seeds"]))]
-        lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines) + "\n"
+        row[f"FLOPs final ({convention}, {datasets[0]})"] = f"{first[f'{convention}_final_mean'] / 1e6:.2f}M"
+        for col, name in (("total_params", "params total"), ("trainable_params", "trainable"),
+                          ("non_trainable_params", "non-trainable")):
+            row[name] = f"{int(first[f'{col}_mean']):,}"
+        row["seeds"] = str(int(first["n_seeds"]))
+        rows.append(row)
+    return pd.DataFrame(rows).to_markdown(index=False, tablefmt="github", disable_numparse=True) + "\n"
+
+
+def machine_caption(profile_dir: str) -> str:
+    """Which machine(s) made the numbers; trained numbers move across CPUs (README, Reproducibility)."""
+    names = results.machines(profile_dir)
+    return (f"Trained on: {'; '.join(names)}. Trained numbers are bit-identical only on the same machine "
+            "(same oneDNN ISA, threads, seed); across CPUs they move within the measured tolerances of "
+            "`results/smoke/reproducibility/tolerances.csv` (README, Reproducibility).\n")
 
 
 def same_depth(profile_dir: str, summary: pd.DataFrame) -> pd.DataFrame:
@@ -106,7 +107,7 @@ def same_depth(profile_dir: str, summary: pd.DataFrame) -> pd.DataFrame:
     for _, r in sd.iterrows():
         full = summary[(summary["backbone"] == r["compare_to"]) & (summary["dataset"] == r["dataset"])
                        & (summary["variant"] == "baseline")]
-        rows.append({"dataset": r["dataset"], "label": f"Elastic-{r['backbone']} {r['output']} "
+        rows.append({"dataset": r["dataset"], "label": f"{plots.model_label(r['backbone'])} {r['output']} "
                      f"(depth {r['depth_layers']})", "top1_err_pct": r["top1_err_pct"], "seed": r["seed"]})
         if not full.empty:
             rows.append({"dataset": r["dataset"], "label": f"{r['compare_to']} complete (depth {r['compare_depth_layers']})",
@@ -126,7 +127,7 @@ def write_all(profile: str, results_root: str | None = None, figures_root: str |
     written["table"] = results.write_csv(profile_dir, "table_error_flops.csv", wide_table(long))
     md = os.path.join(profile_dir, "table_error_flops.md")
     results.atomic_write_text(md, f"<!-- generated by elastic_lib.aggregate from results/{profile}/*/summary.csv -->\n"
-                              + markdown_table(long))
+                              + markdown_table(long) + "\n" + machine_caption(profile_dir))
     written["markdown"] = md
 
     summary = results.collect(profile_dir, "summary.csv")

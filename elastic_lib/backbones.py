@@ -6,29 +6,41 @@ taps (layer names, shallowest first), its minimum input size and its own
 """
 from __future__ import annotations
 
+import importlib
+import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
-
-import keras
-from keras import layers
-from keras.applications import (densenet, efficientnet, inception_v3, mobilenet, mobilenet_v2,
-                                resnet, resnet50, vgg16)
 
 
 @dataclass(frozen=True)
 class Backbone:
+    """One registry entry. Keras is imported only when a model is built or preprocessing runs,
+    so the registry itself (names, minimum sizes) is light enough for the control plane."""
     name: str
-    constructor: Callable[..., keras.Model]  # (input_shape, weights) -> include_top=False model
-    tap_rule: Callable[[keras.Model], list[str]]  # model -> default exit layer names
+    app: str | Callable  # keras.applications class name, or a builder (input_shape, weights) -> model
+    tap_rule: Callable  # model -> default exit layer names, shallowest first
     min_size: int
-    preprocess: Callable  # keras.applications.<family>.preprocess_input
-    family: str
+    family: str  # keras.applications.<family>.preprocess_input
     paper: bool = False  # in the paper's Table I
+    kwargs: dict = field(default_factory=dict)
+
+    def constructor(self, input_shape, weights):
+        """The no-top backbone (``include_top=False``)."""
+        if callable(self.app):
+            return self.app(input_shape=input_shape, weights=weights)
+        import keras
+
+        return getattr(keras.applications, self.app)(include_top=False, weights=weights, input_shape=input_shape,
+                                                     **self.kwargs)
+
+    @property
+    def preprocess(self) -> Callable:
+        return importlib.import_module(f"keras.applications.{self.family}").preprocess_input
 
 
 # ---------------------------------------------------------------- exit-tap rules
-def _names_matching(pattern: str) -> Callable[[keras.Model], list[str]]:
+def _names_matching(pattern: str) -> Callable:
     rx = re.compile(pattern)
     return lambda model: [l.name for l in model.layers if rx.fullmatch(l.name)]
 
@@ -38,7 +50,7 @@ def _block_outputs(prefix_rx: str, add_suffix: str = "add"):
     else its projection BatchNorm."""
     rx = re.compile(prefix_rx)
 
-    def rule(model: keras.Model) -> list[str]:
+    def rule(model) -> list[str]:
         names = [l.name for l in model.layers]
         present = set(names)
         taps = []
@@ -53,7 +65,7 @@ def _block_outputs(prefix_rx: str, add_suffix: str = "add"):
     return rule
 
 
-def _densenet_taps(model: keras.Model) -> list[str]:
+def _densenet_taps(model) -> list[str]:
     """Every transition block output (poolN_pool) and every dense block's last concat."""
     names = [l.name for l in model.layers]
     last_concat: dict[str, str] = {}
@@ -66,17 +78,14 @@ def _densenet_taps(model: keras.Model) -> list[str]:
 
 
 # ---------------------------------------------------------------- constructors
-def _app(fn, **kw):
-    def make(input_shape, weights):
-        return fn(include_top=False, weights=weights, input_shape=input_shape, **kw)
-    return make
-
-
-def resnet50_legacy(input_shape=(224, 224, 3), weights=None) -> keras.Model:
+def resnet50_legacy(input_shape=(224, 224, 3), weights=None):
     """ResNet50 as in Keras 2.1.5 (the paper's code): no zero-padding before the first
     3x3/2 max-pool (55x55 maps after it at 224 input) and a 7x7 average pool at the end of
     the backbone. Same parameter count as today's ResNet50; layer names follow today's Keras
     so that today's ImageNet weights load by name."""
+    import keras
+    from keras import layers
+
     bn_axis = 3
     inp = keras.Input(shape=input_shape, name="input_layer")
     x = layers.ZeroPadding2D(3, name="conv1_pad")(inp)
@@ -120,32 +129,20 @@ def resnet50_legacy(input_shape=(224, 224, 3), weights=None) -> keras.Model:
 _RESNET_TAPS = _names_matching(r"conv\d_block\d+_out")
 
 REGISTRY: dict[str, Backbone] = {b.name: b for b in [
-    Backbone("mobilenet_0.75", _app(keras.applications.MobileNet, alpha=0.75),
-             _names_matching(r"conv_pw_\d+_relu"), 32, mobilenet.preprocess_input, "mobilenet", True),
-    Backbone("mobilenet_v2", _app(keras.applications.MobileNetV2),
-             _block_outputs(r"((?:expanded_conv|block_\d+)_)project_BN"), 32,
-             mobilenet_v2.preprocess_input, "mobilenet_v2"),
-    Backbone("inception_v3", _app(keras.applications.InceptionV3),
-             _names_matching(r"mixed(\d|10)"), 75, inception_v3.preprocess_input, "inception_v3", True),
-    Backbone("resnet50", _app(keras.applications.ResNet50), _RESNET_TAPS, 32,
-             resnet50.preprocess_input, "resnet", True),
-    Backbone("resnet50_legacy", resnet50_legacy, _RESNET_TAPS, 197,
-             resnet50.preprocess_input, "resnet"),
-    Backbone("resnet101", _app(keras.applications.ResNet101), _RESNET_TAPS, 32,
-             resnet.preprocess_input, "resnet"),
-    Backbone("resnet152", _app(keras.applications.ResNet152), _RESNET_TAPS, 32,
-             resnet.preprocess_input, "resnet"),
-    Backbone("densenet121", _app(keras.applications.DenseNet121), _densenet_taps, 32,
-             densenet.preprocess_input, "densenet", True),
-    Backbone("densenet169", _app(keras.applications.DenseNet169), _densenet_taps, 32,
-             densenet.preprocess_input, "densenet", True),
-    Backbone("densenet201", _app(keras.applications.DenseNet201), _densenet_taps, 32,
-             densenet.preprocess_input, "densenet"),
-    Backbone("vgg16", _app(keras.applications.VGG16), _names_matching(r"block\d_pool"), 32,
-             vgg16.preprocess_input, "vgg", True),
-    Backbone("efficientnet_b0", _app(keras.applications.EfficientNetB0),
-             _block_outputs(r"(block\d[a-z]_)project_bn"), 32,
-             efficientnet.preprocess_input, "efficientnet"),
+    Backbone("mobilenet_0.75", "MobileNet", _names_matching(r"conv_pw_\d+_relu"), 32, "mobilenet", True,
+             {"alpha": 0.75}),
+    Backbone("mobilenet_v2", "MobileNetV2", _block_outputs(r"((?:expanded_conv|block_\d+)_)project_BN"), 32,
+             "mobilenet_v2"),
+    Backbone("inception_v3", "InceptionV3", _names_matching(r"mixed(\d|10)"), 75, "inception_v3", True),
+    Backbone("resnet50", "ResNet50", _RESNET_TAPS, 32, "resnet50", True),
+    Backbone("resnet50_legacy", resnet50_legacy, _RESNET_TAPS, 197, "resnet50"),
+    Backbone("resnet101", "ResNet101", _RESNET_TAPS, 32, "resnet"),
+    Backbone("resnet152", "ResNet152", _RESNET_TAPS, 32, "resnet"),
+    Backbone("densenet121", "DenseNet121", _densenet_taps, 32, "densenet", True),
+    Backbone("densenet169", "DenseNet169", _densenet_taps, 32, "densenet", True),
+    Backbone("densenet201", "DenseNet201", _densenet_taps, 32, "densenet"),
+    Backbone("vgg16", "VGG16", _names_matching(r"block\d_pool"), 32, "vgg16", True),
+    Backbone("efficientnet_b0", "EfficientNetB0", _block_outputs(r"(block\d[a-z]_)project_bn"), 32, "efficientnet"),
 ]}
 
 
@@ -169,3 +166,13 @@ def check_image_size(name: str, image_size: int) -> None:
     if image_size < b.min_size:
         raise ValueError(f"image_size={image_size} is below {name}'s minimum input size {b.min_size}; "
                          f"use image_size >= {b.min_size} (the paper used 224)")
+
+
+def check_weights(name: str, weights) -> None:
+    """None (random init), "imagenet" (Keras download) or an existing local weights file."""
+    if weights in (None, "imagenet"):
+        return
+    path = os.path.expanduser(os.fspath(weights))
+    if not os.path.isfile(path):
+        raise ValueError(f"weights file not found: {path!r}; use '' (random init), 'imagenet' (download) or the "
+                         f"path of a local {name} no-top weights file")

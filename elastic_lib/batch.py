@@ -20,6 +20,7 @@ import time
 import yaml
 
 from . import results
+from .results import repo_relative
 from .config import ROOT, ConfigError, list_profiles, load_profile
 
 TEMPLATE = os.path.join(ROOT, "notebooks", "elastic_experiment.ipynb")
@@ -58,15 +59,6 @@ def strip_volatile(path: str) -> None:
         for key in ("duration", "start_time", "end_time", "input_path", "output_path"):
             pm.pop(key, None)
     results.atomic_write_text(path, json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
-
-
-def repo_relative(path: str) -> str:
-    """Paths inside the repo are passed to notebooks relative to it (papermill runs with
-    --cwd at the repo root), so executed notebooks do not record this machine's layout."""
-    if not path:
-        return path
-    rel = os.path.relpath(os.path.abspath(path), ROOT)
-    return path if rel.startswith("..") else rel
 
 
 def _papermill_cmd(notebook: str, out: str, params_file: str) -> list[str]:
@@ -136,29 +128,49 @@ def select(runs, only: str | None):
                                    os.path.basename(r.output_dir) for p in pats)]
 
 
-def run_profile(profile: str, only: str | None = None, jobs: int = 1, force: bool = False,
-                data_dir: str | None = None, results_root: str | None = None, figures_root: str | None = None,
-                aggregate: bool = True, timeout_s: float | None = None, out=sys.stdout) -> int:
+def _prepare(profile: str, only: str | None, data_dir: str | None, results_root: str | None):
+    """The profile and its selected runs, validated (config and notebook parameters) up front."""
     prof = load_profile(profile, results_root)
     runs = select(prof.runs, only)
-    if not runs:
-        print(f"no run of profile {profile!r} matches --only {only!r}; runs: "
-              f"{', '.join(r.run_id() for r in prof.runs)}", file=out)
-        return 2
-    if data_dir:
-        for r in runs:
-            r.data_dir = os.path.abspath(os.path.expanduser(data_dir))
     for r in runs:
+        if data_dir:
+            r.data_dir = os.path.abspath(os.path.expanduser(data_dir))
         r.validate()
         check_parameters(TEMPLATE, {**r.to_dict(), "write_done": False})
-    print(f"profile {prof.name}: {len(runs)} run(s){' (' + prof.description + ')' if prof.description else ''}", file=out)
-    todo = [r for r in runs if force or not results.is_done(r.output_dir)]
-    for r in runs:
-        if r not in todo:
-            print(f"  skip {os.path.basename(r.output_dir)}: already DONE (use --force to redo)", file=out)
+    return prof, runs
+
+
+def run_one(cfg, force: bool, timeout_s: float | None, runners: list) -> tuple[str, bool, str]:
+    """One run under its directory's lock: (run name, ok, message). DONE is written last."""
+    rid = os.path.basename(cfg.output_dir)
+    fd = results.try_lock(cfg.output_dir)
+    if fd is None:
+        return rid, False, "locked: another ./run_all.sh is running this pair right now"
+    try:
+        if not force and results.is_done(cfg.output_dir):
+            return rid, True, "already DONE"
+        results.clear_run(cfg.output_dir)
+        runner = Runner(timeout_s)
+        runners.append(runner)
+        params = {**cfg.to_dict(), "write_done": False, "output_dir": repo_relative(cfg.output_dir),
+                  "data_dir": repo_relative(cfg.data_dir)}
+        t0 = time.perf_counter()
+        ok, tail = runner.execute(TEMPLATE, os.path.join(cfg.output_dir, "notebook.ipynb"), params, fd)
+        if not ok:
+            results.mark_failed(cfg.output_dir, tail)
+            return rid, False, _error_summary(tail)
+        results.mark_done(cfg.output_dir)
+        return rid, True, f"done in {_fmt(time.perf_counter() - t0)}"
+    finally:
+        os.close(fd)
+
+
+def _run_all(todo, jobs: int, force: bool, timeout_s: float | None, out) -> list[tuple[str, str]]:
+    """Every run of ``todo`` (in parallel when jobs > 1), progress with ETA; the failures.
+    SIGTERM/SIGINT stop the run in flight; finished runs stay DONE."""
     failures: list[tuple[str, str]] = []
-    start = time.perf_counter()
     runners: list[Runner] = []
+    start = time.perf_counter()
 
     def on_signal(signum, _frame):
         for rn in runners:
@@ -168,40 +180,15 @@ def run_profile(profile: str, only: str | None = None, jobs: int = 1, force: boo
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        def one(i_cfg):
-            i, cfg = i_cfg
-            rid = os.path.basename(cfg.output_dir)
-            fd = results.try_lock(cfg.output_dir)
-            if fd is None:
-                return rid, False, "locked: another ./run_all.sh is running this pair right now"
-            try:
-                if force or not results.is_done(cfg.output_dir):
-                    results.clear_run(cfg.output_dir)
-                    runner = Runner(timeout_s)
-                    runners.append(runner)
-                    params = {**cfg.to_dict(), "write_done": False, "output_dir": repo_relative(cfg.output_dir),
-                              "data_dir": repo_relative(cfg.data_dir)}
-                    t0 = time.perf_counter()
-                    ok, tail = runner.execute(TEMPLATE, os.path.join(cfg.output_dir, "notebook.ipynb"), params, fd)
-                    if not ok:
-                        results.mark_failed(cfg.output_dir, tail)
-                        return rid, False, _error_summary(tail)
-                    results.mark_done(cfg.output_dir)
-                    return rid, True, f"done in {_fmt(time.perf_counter() - t0)}"
-                return rid, True, "already DONE"
-            finally:
-                os.close(fd)
+        def one(cfg):
+            return run_one(cfg, force, timeout_s, runners)
 
-        finished = 0
-        items = list(enumerate(todo, 1))
         if jobs <= 1:
-            iterator = map(one, items)
+            iterator = map(one, todo)
         else:
             from concurrent.futures import ThreadPoolExecutor
-            pool = ThreadPoolExecutor(max_workers=jobs)
-            iterator = pool.map(one, items)
-        for rid, ok, msg in iterator:
-            finished += 1
+            iterator = ThreadPoolExecutor(max_workers=jobs).map(one, todo)
+        for finished, (rid, ok, msg) in enumerate(iterator, 1):
             elapsed = time.perf_counter() - start
             eta = elapsed / finished * (len(todo) - finished)
             print(f"[{finished}/{len(todo)}] {rid}: {'ok' if ok else 'FAILED'}, {msg} | elapsed {_fmt(elapsed)}"
@@ -211,18 +198,41 @@ def run_profile(profile: str, only: str | None = None, jobs: int = 1, force: boo
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+    return failures
 
+
+def _aggregate(prof, profile_dir: str, figures_root: str | None, timeout_s: float | None, out) -> str | None:
+    """The aggregation notebook over the profile's completed runs; an error summary or None."""
+    done = [r for r in prof.runs if results.is_done(r.output_dir)]
+    if not done:
+        return None
+    print(f"aggregating {len(done)} completed run(s) -> {repo_relative(profile_dir)}/table_error_flops.*",
+          file=out, flush=True)
+    params = {"profile": prof.name, "results_root": repo_relative(os.path.dirname(profile_dir)),
+              "figures_root": repo_relative(figures_root or os.path.join(ROOT, "figures"))}
+    ok, tail = Runner(timeout_s).execute(AGGREGATE, os.path.join(profile_dir, "aggregate.ipynb"), params)
+    return None if ok else _error_summary(tail)
+
+
+def run_profile(profile: str, only: str | None = None, jobs: int = 1, force: bool = False,
+                data_dir: str | None = None, results_root: str | None = None, figures_root: str | None = None,
+                aggregate: bool = True, timeout_s: float | None = None, out=sys.stdout) -> int:
+    prof, runs = _prepare(profile, only, data_dir, results_root)
+    if not runs:
+        print(f"no run of profile {profile!r} matches --only {only!r}; runs: "
+              f"{', '.join(r.run_id() for r in prof.runs)}", file=out)
+        return 2
+    print(f"profile {prof.name}: {len(runs)} run(s){' (' + prof.description + ')' if prof.description else ''}", file=out)
+    todo = [r for r in runs if force or not results.is_done(r.output_dir)]
+    for r in runs:
+        if r not in todo:
+            print(f"  skip {os.path.basename(r.output_dir)}: already DONE (use --force to redo)", file=out)
+    start = time.perf_counter()
+    failures = _run_all(todo, jobs, force, timeout_s, out)
     if aggregate:
-        done = [r for r in prof.runs if results.is_done(r.output_dir)]
-        if done:
-            profile_dir = os.path.dirname(runs[0].output_dir)
-            print(f"aggregating {len(done)} completed run(s) -> {os.path.relpath(profile_dir, ROOT)}/table_error_flops.*",
-                  file=out, flush=True)
-            params = {"profile": prof.name, "results_root": repo_relative(os.path.dirname(profile_dir)),
-                      "figures_root": repo_relative(figures_root or os.path.join(ROOT, "figures"))}
-            ok, tail = Runner(timeout_s).execute(AGGREGATE, os.path.join(profile_dir, "aggregate.ipynb"), params)
-            if not ok:
-                failures.append(("aggregate", _error_summary(tail)))
+        err = _aggregate(prof, os.path.dirname(runs[0].output_dir), figures_root, timeout_s, out)
+        if err:
+            failures.append(("aggregate", err))
     if failures:
         print(f"\n{len(failures)} failure(s):", file=out)
         for rid, msg in failures:
@@ -245,8 +255,8 @@ def main(argv=None) -> int:
     ap.add_argument("--jobs", type=int, default=1, help="runs in parallel (default 1; each uses all cores)")
     ap.add_argument("--force", action="store_true", help="redo runs that are already DONE")
     ap.add_argument("--data-dir", default=None, help="folder with the CIFAR archives (overrides the profile)")
-    ap.add_argument("--results-root", default=None, help=argparse.SUPPRESS)
-    ap.add_argument("--figures-root", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--results-root", default=None, help="folder for <profile>/<run>/ (default: results/)")
+    ap.add_argument("--figures-root", default=None, help="folder for <profile>/ figures (default: figures/)")
     ap.add_argument("--no-aggregate", action="store_true", help="skip the aggregation notebook")
     ap.add_argument("--timeout", type=float, default=None, help="seconds per run before it is killed")
     ap.add_argument("--list", action="store_true", help="list the runs of the profile and exit")

@@ -74,39 +74,39 @@ def _activation_name(fn) -> str | None:
     return getattr(fn, "__name__", None) if fn is not None else None
 
 
+def _bias_and_activation(layer, n_out: int) -> int:
+    """Adds of a weighted layer's own bias and fused activation."""
+    return (n_out if layer.use_bias else 0) + _ACT_COST[_activation_name(layer.activation)] * n_out
+
+
+def _weighted_cost(layer, out, n_out: int) -> Cost:
+    """Conv2D / DepthwiseConv2D / Dense: MACs (``kernel_macs`` only for Conv2D and Dense, as the
+    original code), plus bias and fused activation."""
+    if isinstance(layer, L.DepthwiseConv2D):
+        kh, kw = layer.kernel_size
+        c = Cost(macs=kh * kw * n_out)
+    else:  # Conv2D: kernel (kh, kw, cin/groups, cout); Dense: (cin, cout), maybe per position
+        spatial = int(np.prod(out[1:-1])) if len(out) > 2 else 1
+        macs = int(np.prod(layer.kernel.shape)) * spatial
+        c = Cost(kernel_macs=macs, macs=macs)
+    c.adds += _bias_and_activation(layer, n_out)
+    return c
+
+
 def layer_cost(layer) -> Cost:
     """Cost of one inference pass of ``layer`` for a batch of one."""
     node = _node(layer)
     ins = [t.shape for t in node.input_tensors]
     out = node.output_tensors[0].shape
     n_out = _numel(out)
-    act = lambda name: _ACT_COST[name] * n_out  # noqa: E731
     if isinstance(layer, _FREE):
         return Cost()
-    if isinstance(layer, L.DepthwiseConv2D):
-        kh, kw = layer.kernel_size
-        c = Cost(macs=kh * kw * n_out)
-        c.adds += n_out if layer.use_bias else 0
-        c.adds += act(_activation_name(layer.activation))
-        return c
-    if isinstance(layer, L.Conv2D):
-        kernel = layer.kernel.shape  # (kh, kw, cin/groups, cout)
-        spatial = int(np.prod(out[1:-1]))
-        c = Cost(kernel_macs=int(np.prod(kernel)) * spatial, macs=int(np.prod(kernel)) * spatial)
-        c.adds += n_out if layer.use_bias else 0
-        c.adds += act(_activation_name(layer.activation))
-        return c
-    if isinstance(layer, L.Dense):
-        kernel = layer.kernel.shape
-        spatial = int(np.prod(out[1:-1])) if len(out) > 2 else 1
-        c = Cost(kernel_macs=int(np.prod(kernel)) * spatial, macs=int(np.prod(kernel)) * spatial)
-        c.adds += n_out if layer.use_bias else 0
-        c.adds += act(_activation_name(layer.activation))
-        return c
+    if isinstance(layer, _WEIGHTED):
+        return _weighted_cost(layer, out, n_out)
     if isinstance(layer, L.BatchNormalization):
         return Cost(mults=n_out, adds=n_out)
     if isinstance(layer, L.Activation):
-        return Cost(adds=act(_activation_name(layer.activation)))
+        return Cost(adds=_ACT_COST[_activation_name(layer.activation)] * n_out)
     if isinstance(layer, L.ReLU):
         return Cost(adds=n_out)
     if isinstance(layer, (L.MaxPooling2D, L.AveragePooling2D)):
@@ -166,13 +166,13 @@ def _params(model: keras.Model, names) -> tuple[int, int]:
     return trainable, non_trainable
 
 
-def model_complexity(model: keras.Model, convention: str) -> dict:
-    """Whole-model (all outputs) FLOPs under ``convention`` and parameter counts."""
-    check_convention(convention)
+def model_complexity(model: keras.Model) -> dict:
+    """Whole model (every output computed): its cost in each convention (``kernel_macs``,
+    ``macs``, ``flops`` keys) and its parameter counts."""
     total = sum(layer_costs(model).values(), Cost())
     trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
     non_trainable = sum(int(np.prod(w.shape)) for w in model.non_trainable_weights)
-    return {"convention": convention, "flops": total.get(convention), "total_params": trainable + non_trainable,
+    return {**{conv: total.get(conv) for conv in CONVENTIONS}, "total_params": trainable + non_trainable,
             "trainable_params": trainable, "non_trainable_params": non_trainable}
 
 
@@ -195,17 +195,6 @@ def _output_rows(model: keras.Model):
         tr, ntr = _params(model, names)
         yield dict(output=short, output_layer=out, tap_layer=tap, depth_index=i + 1,
                    depth_layers=depth[out], own=own, cumulative=cum, params=tr + ntr, trainable=tr)
-
-
-def complexity_table(model: keras.Model, convention: str) -> pd.DataFrame:
-    """One row per output (exits shallowest first, then final): the cost of that output alone."""
-    check_convention(convention)
-    rows = list(_output_rows(model))
-    final = rows[-1]["own"].get(convention)
-    return pd.DataFrame([{
-        "output": r["output"], "tap_layer": r["tap_layer"], "depth_index": r["depth_index"],
-        "flops_to_output": r["own"].get(convention), "params_to_output": r["params"],
-        "flops_fraction": r["own"].get(convention) / final} for r in rows])
 
 
 def complexity_frame(model: keras.Model) -> pd.DataFrame:

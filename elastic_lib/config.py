@@ -1,5 +1,10 @@
 """RunConfig (one experiment = one backbone x dataset x variant x seed) and profiles.
 
+``RunConfig`` is the one place where a run parameter, its type, its default and its meaning
+live: the experiment notebook's ``parameters`` cell is generated from it
+(``python -m elastic_lib.config --write-notebook``; a test fails when they differ), profiles
+and papermill are checked against it, and training reads its options from it.
+
 A profile (``experiments/<name>.yaml``) is a grid of runs::
 
     description: ...
@@ -8,71 +13,89 @@ A profile (``experiments/<name>.yaml``) is a grid of runs::
     overrides: {resnet50: {learning_rate: 0.05}}            # per backbone (or per run id)
 
 Every key and type is checked once, up front, with errors that name the bad value and the
-valid ones.
+valid ones. This module is the light control plane's schema: it imports neither TensorFlow
+nor Keras (``./run_all.sh --list`` and SLURM tasks load it in well under a second).
 """
 from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import os
+import sys
 import typing
 from dataclasses import dataclass, field
 
 import yaml
 
-from .backbones import check_image_size, get_backbone
-from .data import DATASETS, LABEL_MODES
-from .early_exit import CRITERIA
-from .exits import EXIT_CHOICES, FINAL_HEADS
-from .training import LOSS_WEIGHT_SCHEMES
+from .backbones import check_image_size, check_weights, get_backbone
 
-VARIANTS = {"elastic": "all", "baseline": "none"}
+# The valid choices of every enumerated parameter (the modules that implement them import these).
+DATASETS = ("digits", "cifar10", "cifar100")
+LABEL_MODES = ("fine", "coarse")
+VARIANTS = ("elastic", "baseline")
+EXIT_CHOICES = ("none", "all", "deeper_half")
+FINAL_HEADS = ("flatten", "gap")
+LOSS_WEIGHT_SCHEMES = ("uniform", "depth", "linear")
+CRITERIA = ("max_prob", "entropy")
+STRATEGIES = ("default", "mirrored")
 PROFILE_KEYS = {"description", "defaults", "grid", "overrides"}
 GRID_KEYS = {"backbone", "dataset", "variant", "seed", "label_mode", "image_size", "loss_weights", "exits"}
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NOTEBOOK = os.path.join(ROOT, "notebooks", "elastic_experiment.ipynb")
 
 
 class ConfigError(ValueError):
     """A bad parameter, profile key or type; the message names it and the valid choices."""
 
 
+def _p(default, doc: str, plumbing: bool = False):
+    """A run parameter: its default and the one-line doc shown in the notebook's parameters cell.
+    plumbing: where and how the run executes (paths, devices, DONE handling), not what it is;
+    params.yaml keeps it apart from the experiment's parameters."""
+    return field(default=default, metadata={"doc": doc, "plumbing": plumbing})
+
+
 @dataclass
 class RunConfig:
-    backbone: str = "mobilenet_0.75"   # registry name, see elastic_lib.list_backbones()
-    dataset: str = "digits"            # digits | cifar10 | cifar100
-    data_dir: str = ""                 # local folder with the CIFAR archive ("" = Keras cache / download)
-    label_mode: str = "fine"           # cifar100: fine (100) | coarse (20)
-    image_size: int = 32               # paper: 224
-    variant: str = "elastic"           # elastic (exits) | baseline (no exits)
-    exits: str = "all"                 # all | deeper_half | comma-separated layer names (elastic only)
-    final_head: str = "flatten"        # flatten (original) | gap
-    weights: str = ""                  # "" (random init) | imagenet | path to a weights file
-    dropout: float = 0.2
-    loss_weights: str = "uniform"      # uniform (paper) | depth | linear
-    phase1_epochs: int = 1             # backbone frozen
-    phase2_epochs: int = 6             # everything trainable
-    batch_size: int = 32
-    learning_rate: float = 0.01        # phase 1 (paper, pretrained: 1e-3)
-    phase2_learning_rate: float = 0.01
-    momentum: float = 0.9
-    bn_momentum: float = 0.9           # 0 keeps Keras' 0.99; 0.9 for short from-scratch runs
-    reduce_lr_patience: int = 5
-    early_stopping_patience: int = 10
-    min_lr: float = 1e-5
-    val_fraction: float = 0.2
-    limit_per_class: int = 0           # first N train images per class (0 = all)
-    test_limit_per_class: int = 0      # first N test images per class (0 = all)
-    augment: bool = False              # paper: no augmentation
-    seed: int = 0
-    target_drop_pct: float = 1.0       # early exit: allowed accuracy drop vs. the final output
-    exit_criterion: str = "max_prob"   # dynamic exit for the latency run: max_prob | entropy
-    latency_repeats: int = 20
-    latency_images: int = 50
-    compare_depth_of: str = ""         # e.g. densenet121: report this run's exit nearest its depth
-    strategy: str = "default"          # default | mirrored (tf.distribute, multi-GPU)
-    jit_compile: bool = False
-    output_dir: str = ""               # run directory ("" = results/interactive/<run id>)
-    write_done: bool = True            # False when run_all.sh writes DONE itself, after the notebook
+    backbone: str = _p("mobilenet_0.75", "registry name, see elastic_lib.list_backbones()")
+    dataset: str = _p("digits", "digits (embedded) | cifar10 | cifar100")
+    label_mode: str = _p("fine", "cifar100 labels: fine (100) | coarse (20)")
+    image_size: int = _p(32, "input side in pixels (paper: 224), at least the backbone's minimum")
+    variant: str = _p("elastic", "elastic (exits) | baseline (no exits)")
+    exits: str = _p("all", "all | deeper_half | comma-separated layer names (elastic only)")
+    final_head: str = _p("flatten", "flatten (original: Flatten-Dropout-Dense) | gap")
+    weights: str = _p("", '"" random init | imagenet | path to a local no-top weights file')
+    dropout: float = _p(0.2, "dropout in every head")
+    loss_weights: str = _p("uniform", "uniform (paper) | depth (original weight-Depth) | linear")
+    phase1_epochs: int = _p(1, "phase 1: backbone frozen, heads train")
+    phase2_epochs: int = _p(3, "phase 2: all layers train")
+    batch_size: int = _p(32, "images per training and evaluation batch")
+    learning_rate: float = _p(0.01, "SGD, phase 1 (paper with ImageNet weights: 1e-3)")
+    phase2_learning_rate: float = _p(0.01, "SGD, phase 2")
+    momentum: float = _p(0.9, "SGD momentum")
+    bn_momentum: float = _p(0.9, "BatchNorm momentum; 0 keeps Keras' 0.99 (fine for long/pretrained runs)")
+    reduce_lr_factor: float = _p(0.1, "ReduceLROnPlateau: learning rate x this factor on a val_loss plateau")
+    reduce_lr_patience: int = _p(5, "ReduceLROnPlateau: epochs without val_loss improvement")
+    early_stopping_patience: int = _p(10, "EarlyStopping on val_loss (best weights are kept)")
+    min_lr: float = _p(1e-05, "ReduceLROnPlateau floor")
+    val_fraction: float = _p(0.2, "validation split of the training data (model selection, thresholds)")
+    limit_per_class: int = _p(0, "first N training images per class (0: all)")
+    test_limit_per_class: int = _p(0, "first N test images per class (0: all)")
+    augment: bool = _p(False, "random flip + translation (paper: off)")
+    seed: int = _p(0, "seeds Python, NumPy, TensorFlow; op determinism is always on")
+    target_drop_pct: float = _p(1.0, "early exit: allowed top-1 accuracy drop vs. the final output (points)")
+    exit_criterion: str = _p("max_prob", "dynamic policy timed in the latency cell: max_prob | entropy")
+    latency_repeats: int = _p(10, "timed repeats per output after warm-up (0: skip latency)")
+    latency_images: int = _p(30, "test images for the dynamic-policy latency")
+    compare_depth_of: str = _p("", "e.g. densenet121: this run's exit nearest that network's depth (paper Fig. 6)")
+    jit_compile: bool = _p(False, "XLA for training steps")
+    data_dir: str = _p("", "folder holding the CIFAR archive (empty: $ELASTIC_DATA_DIR, Keras cache, or download)",
+                       plumbing=True)
+    strategy: str = _p("default", "default | mirrored (tf.distribute, multi-GPU)", plumbing=True)
+    output_dir: str = _p("", "run directory (empty: results/interactive/<run id>)", plumbing=True)
+    write_done: bool = _p(True, "run_all.sh sets False and writes DONE itself, after saving this notebook",
+                          plumbing=True)
 
     # ------------------------------------------------------------ validation
     @classmethod
@@ -96,29 +119,32 @@ class RunConfig:
                 raise ConfigError(f"parameter {f.name}={v!r} must be of type {t.__name__}")
         _choice("dataset", self.dataset, DATASETS)
         _choice("label_mode", self.label_mode, LABEL_MODES)
-        _choice("variant", self.variant, tuple(VARIANTS))
+        _choice("variant", self.variant, VARIANTS)
         _choice("final_head", self.final_head, FINAL_HEADS)
         _choice("loss_weights", self.loss_weights, LOSS_WEIGHT_SCHEMES)
         _choice("exit_criterion", self.exit_criterion, CRITERIA)
-        _choice("strategy", self.strategy, ("default", "mirrored"))
+        _choice("strategy", self.strategy, STRATEGIES)
         try:
             get_backbone(self.backbone)
             check_image_size(self.backbone, self.image_size)
+            check_weights(self.backbone, self.weights_arg)
             if self.compare_depth_of:
                 get_backbone(self.compare_depth_of)
         except ValueError as err:
             raise ConfigError(str(err)) from None
-        if self.dataset != "digits" and self.data_dir and not os.path.isdir(os.path.expanduser(self.data_dir)):
-            raise ConfigError(f"data_dir {self.data_dir!r} does not exist; point it at the folder holding the "
-                              f"official {self.dataset} python archive")
+        if self.dataset != "digits" and self.data_dir:
+            from .data import DatasetError, check_data_dir
+
+            try:
+                check_data_dir(self.dataset, os.path.expanduser(self.data_dir))
+            except DatasetError as err:
+                raise ConfigError(str(err)) from None
         for name in ("phase1_epochs", "phase2_epochs", "limit_per_class", "test_limit_per_class", "latency_repeats",
                      "latency_images", "reduce_lr_patience", "early_stopping_patience"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.batch_size < 1 or self.learning_rate <= 0 or self.phase2_learning_rate <= 0:
             raise ConfigError("batch_size must be >= 1 and learning rates > 0")
-        if self.weights not in ("", "imagenet") and not os.path.isfile(os.path.expanduser(self.weights)):
-            raise ConfigError(f"weights file {self.weights!r} not found; use '' (random init), 'imagenet' or a file path")
         return self
 
     # ------------------------------------------------------------ derived
@@ -130,7 +156,7 @@ class RunConfig:
 
     @property
     def weights_arg(self):
-        return self.weights or None
+        return os.path.expanduser(self.weights) if self.weights not in ("", "imagenet") else (self.weights or None)
 
     @property
     def dataset_label(self) -> str:
@@ -144,7 +170,16 @@ class RunConfig:
         return self.output_dir or os.path.join(ROOT, "results", "interactive", self.run_id())
 
     def to_dict(self) -> dict:
+        """Every field (what papermill passes to the notebook)."""
         return dataclasses.asdict(self)
+
+    def experiment_params(self) -> dict:
+        """What the experiment is (params.yaml ``parameters``), without the plumbing."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if not f.metadata["plumbing"]}
+
+    def plumbing(self) -> dict:
+        """Where and how it ran (params.yaml ``plumbing``)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata["plumbing"]}
 
 
 def dataset_label(dataset: str, label_mode: str = "fine") -> str:
@@ -174,11 +209,8 @@ def list_profiles() -> list[str]:
     return sorted(f[:-5] for f in os.listdir(folder) if f.endswith(".yaml"))
 
 
-def load_profile(name: str, results_root: str | None = None) -> Profile:
-    """Expand ``experiments/<name>.yaml`` into validated RunConfigs with their run directories."""
-    path = profile_path(name)
-    if not os.path.isfile(path):
-        raise ConfigError(f"unknown profile {name!r}; valid profiles: {', '.join(list_profiles())}")
+def _read_profile(path: str) -> tuple[dict, dict, dict, dict]:
+    """(spec, defaults, grid, overrides) of a profile file, with its keys and shapes checked."""
     with open(path) as f:
         spec = yaml.safe_load(f) or {}
     where = f"profile {os.path.basename(path)}"
@@ -187,15 +219,23 @@ def load_profile(name: str, results_root: str | None = None) -> Profile:
     unknown = sorted(set(spec) - PROFILE_KEYS)
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; valid keys: {sorted(PROFILE_KEYS)}")
-    defaults = spec.get("defaults") or {}
-    grid = spec.get("grid") or {}
-    overrides = spec.get("overrides") or {}
-    for key, value in (("defaults", defaults), ("grid", grid), ("overrides", overrides)):
+    parts = {key: spec.get(key) or {} for key in ("defaults", "grid", "overrides")}
+    for key, value in parts.items():
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: '{key}' must be a mapping, got {type(value).__name__}")
-    bad = sorted(set(grid) - GRID_KEYS)
+    bad = sorted(set(parts["grid"]) - GRID_KEYS)
     if bad:
         raise ConfigError(f"{where}: unknown grid key(s) {bad}; valid grid keys: {sorted(GRID_KEYS)}")
+    return spec, parts["defaults"], parts["grid"], parts["overrides"]
+
+
+def load_profile(name: str, results_root: str | None = None) -> Profile:
+    """Expand ``experiments/<name>.yaml`` into validated RunConfigs with their run directories."""
+    path = profile_path(name)
+    if not os.path.isfile(path):
+        raise ConfigError(f"unknown profile {name!r}; valid profiles: {', '.join(list_profiles())}")
+    spec, defaults, grid, overrides = _read_profile(path)
+    where = f"profile {os.path.basename(path)}"
     axes = {k: (v if isinstance(v, list) else [v]) for k, v in grid.items()}
     seeds = axes.get("seed", [defaults.get("seed", 0)])
     # grid axes beyond backbone/dataset/variant/seed that vary are part of the run directory name
@@ -232,3 +272,67 @@ def _checked(params: dict, where: str) -> RunConfig:
         return RunConfig.from_dict(params)
     except (ConfigError, TypeError) as err:
         raise ConfigError(f"{where}: {err}") from None
+
+
+# ---------------------------------------------------------------- the notebook's parameters cell
+def _type_name(f) -> str:
+    return typing.get_type_hints(RunConfig)[f.name].__name__
+
+
+def parameters_cell_source() -> str:
+    """The experiment notebook's ``parameters`` cell, generated from RunConfig."""
+    lines = ["# Parameters (generated from elastic_lib.config.RunConfig by `python -m elastic_lib.config "
+             "--write-notebook`; edit RunConfig, not this cell).",
+             "# papermill overrides any of these (-p name value); run_all.sh passes a profile's values."]
+    for f in dataclasses.fields(RunConfig):
+        default = json.dumps(f.default) if isinstance(f.default, str) else repr(f.default)
+        lines.append(f"{f.name}: {_type_name(f)} = {default}  # {f.metadata['doc']}")
+    return "\n".join(lines)
+
+
+def _parameters_cell(nb: dict) -> dict:
+    cells = [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
+    if len(cells) != 1:
+        raise ConfigError(f"{NOTEBOOK} must have exactly one cell tagged 'parameters', found {len(cells)}")
+    return cells[0]
+
+
+def notebook_parameters_source(path: str = NOTEBOOK) -> str:
+    with open(path) as f:
+        return "".join(_parameters_cell(json.load(f))["source"])
+
+
+def write_notebook_parameters(path: str = NOTEBOOK) -> bool:
+    """Rewrite the notebook's parameters cell from RunConfig; True if it changed."""
+    with open(path) as f:
+        nb = json.load(f)
+    cell = _parameters_cell(nb)
+    new = parameters_cell_source()
+    if "".join(cell["source"]) == new:
+        return False
+    cell["source"] = new.splitlines(keepends=True)
+    with open(path, "w") as f:
+        f.write(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+    return True
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m elastic_lib.config", description="RunConfig tools")
+    ap.add_argument("--write-notebook", action="store_true", help="regenerate the notebook's parameters cell")
+    ap.add_argument("--check-notebook", action="store_true", help="exit 1 if the parameters cell is stale")
+    a = ap.parse_args(argv)
+    if a.write_notebook:
+        print("rewrote" if write_notebook_parameters() else "unchanged", os.path.relpath(NOTEBOOK, ROOT))
+    elif a.check_notebook and notebook_parameters_source() != parameters_cell_source():
+        print(f"{os.path.relpath(NOTEBOOK, ROOT)}: parameters cell differs from RunConfig; run "
+              "python -m elastic_lib.config --write-notebook", file=sys.stderr)
+        return 1
+    else:
+        print(parameters_cell_source())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

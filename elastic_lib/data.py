@@ -16,8 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-DATASETS = ("digits", "cifar10", "cifar100")
-LABEL_MODES = ("fine", "coarse")
+from .config import DATASETS, LABEL_MODES, dataset_label
 _CIFAR = {
     "cifar10": dict(archive="cifar-10-python.tar.gz", folder="cifar-10-batches-py",
                     url="https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
@@ -157,15 +156,21 @@ def _download(name: str) -> str:
         socket.setdefaulttimeout(old)
 
 
+def check_data_dir(name: str, data_dir: str) -> None:
+    """A data_dir must be an existing folder (checked before anything is built or trained)."""
+    spec = _CIFAR[name]
+    if not os.path.isdir(data_dir):
+        raise DatasetError(f"data_dir {data_dir!r} does not exist; it must be a folder holding {spec['archive']} "
+                           f"or its extracted {spec['folder']}/ folder")
+
+
 def locate_cifar(name: str, data_dir: str | None = None) -> str:
     """Path of the CIFAR archive or extracted folder: ``data_dir``, $ELASTIC_DATA_DIR, the Keras
     cache (~/.keras/datasets), else the official download."""
     spec = _CIFAR[name]
     data_dir = data_dir or os.environ.get("ELASTIC_DATA_DIR") or None
     if data_dir:
-        if not os.path.isdir(data_dir):
-            raise DatasetError(f"data_dir {data_dir!r} does not exist; it must be a folder holding {spec['archive']} "
-                               f"or its extracted {spec['folder']}/ folder")
+        check_data_dir(name, data_dir)
         hit = _find(data_dir, spec["folder"]) or _find(data_dir, spec["archive"])
         if hit is None:
             raise DatasetError(f"no {name} data in data_dir {data_dir!r}: expected {spec['archive']} or an extracted "
@@ -244,8 +249,7 @@ def load_dataset(name: str, data_dir: str | None = None, label_mode: str = "fine
                            f"training images for a stratified validation split of {n_classes} classes; use "
                            f"limit_per_class >= {int(np.ceil(2 / min(val_fraction, 1 - val_fraction)))} or 0 (all)")
     x_tr, x_va, y_tr, y_va = train_test_split(x_tr, y_tr, test_size=val_fraction, stratify=y_tr, random_state=seed)
-    label = name if name != "cifar100" else f"cifar100-{label_mode}"
-    return Splits(label, class_names, x_tr, y_tr, x_va, y_va, x_te, y_te,
+    return Splits(dataset_label(name, label_mode), class_names, x_tr, y_tr, x_va, y_va, x_te, y_te,
                   info=dict(dataset=name, label_mode=label_mode, seed=seed, val_fraction=val_fraction))
 
 

@@ -13,9 +13,8 @@ import keras
 import numpy as np
 import pandas as pd
 
+from .config import CRITERIA
 from .exits import exit_taps, output_names
-
-CRITERIA = ("max_prob", "entropy")
 
 
 # ---------------------------------------------------------------- policies on stored probabilities
@@ -26,7 +25,12 @@ def confidence(probs: np.ndarray, criterion: str) -> np.ndarray:
     if criterion == "entropy":
         p = np.clip(probs, 1e-12, 1.0)
         return (p * np.log(p)).sum(axis=-1)
-    raise ValueError(f"unknown exit criterion {criterion!r}; valid: {CRITERIA}")
+    _check_criterion(criterion)
+
+
+def _check_criterion(criterion: str) -> None:
+    if criterion not in CRITERIA:
+        raise ValueError(f"unknown exit criterion {criterion!r}; valid: {CRITERIA}")
 
 
 def threshold_to_confidence(threshold: float, criterion: str) -> float:
@@ -95,6 +99,46 @@ def fixed_cut(val_acc_per_output: np.ndarray, costs: pd.DataFrame, target_drop_p
     return int(ok[np.argmin(costs["flops_to_output"].to_numpy()[ok])])
 
 
+def _policy_row(policy: str, threshold: float, chosen: np.ndarray, val_acc: float, test: tuple,
+                costs: pd.DataFrame, cost_kind: str) -> tuple[dict, list[dict]]:
+    """One row of the policy summary (test accuracy, drop, expected cost in both conventions)
+    and its exit rates. cost_kind: ``to_output`` (a single fixed output) or ``cumulative``."""
+    probs, y = test
+    out = policy_outcome(probs, y, chosen)
+    final_acc = float((probs[-1].argmax(1) == y).mean())
+    row = {"policy": policy, "threshold": threshold, "val_acc": val_acc, "test_acc": out["accuracy"],
+           "test_drop_pts": 100 * (final_acc - out["accuracy"])}
+    for conv in ("flops", "kernel_macs"):
+        row[f"expected_{conv}"] = float(costs[f"{conv}_{cost_kind}"].to_numpy()[chosen].mean())
+    for conv in ("flops", "kernel_macs"):
+        row[f"{conv}_ratio_vs_final"] = float(costs[f"{conv}_to_output"].iloc[-1]) / row[f"expected_{conv}"]
+    row["mean_exit"] = float(chosen.mean() + 1)
+    rates = [{"policy": policy, "output": n, "exit_rate": float(r)} for n, r in zip(costs["output"], out["exit_rates"])]
+    return row, rates
+
+
+def policy_report(val: tuple, test: tuple, costs: pd.DataFrame, target_drop_pct: float = 1.0) -> dict:
+    """Threshold sweeps of every criterion (chosen on validation, applied to test), and the
+    selected policies side by side: the final output, the fixed cut, each dynamic criterion.
+    ``val``/``test`` are (list of per-output probabilities, labels). Returns ``sweeps``,
+    ``summary``, ``exit_rates`` (DataFrames) and ``selected`` ({criterion: threshold})."""
+    sweeps = pd.concat([sweep(val, test, costs, crit) for crit in CRITERIA], ignore_index=True)
+    val_acc = np.array([(p.argmax(1) == val[1]).mean() for p in val[0]])
+    n_test, last = len(test[1]), len(test[0]) - 1
+    k = fixed_cut(val_acc, costs, target_drop_pct)
+    parts = [_policy_row("final", np.nan, np.full(n_test, last), val_acc[-1], test, costs, "to_output"),
+             _policy_row(f"fixed_cut_{costs['output'].iloc[k]}", np.nan, np.full(n_test, k), val_acc[k], test, costs,
+                         "to_output")]
+    selected = {}
+    for crit in CRITERIA:
+        best = select_threshold(sweeps[sweeps["criterion"] == crit], val_acc[-1], target_drop_pct)
+        selected[crit] = float(best["threshold"])
+        parts.append(_policy_row(f"dynamic_{crit}", best["threshold"], dynamic_exit(test[0], best["threshold"], crit),
+                                 best["val_acc"], test, costs, "cumulative"))
+    return {"sweeps": sweeps, "summary": pd.DataFrame([row for row, _ in parts]),
+            "exit_rates": pd.DataFrame([r for _, rates in parts for r in rates]), "selected": selected}
+
+
 def nearest_exit_to_depth(costs: pd.DataFrame, depth: int) -> pd.Series:
     """The output whose weighted depth (Conv/Dense layers on the longest path) is nearest ``depth``
     (paper Fig. 6: DenseNet-169's exit vs. a complete DenseNet-121)."""
@@ -111,8 +155,7 @@ class StagedModel:
     def __init__(self, model: keras.Model, criterion: str = "max_prob"):
         import tensorflow as tf
 
-        if criterion not in CRITERIA:
-            raise ValueError(f"unknown exit criterion {criterion!r}; valid: {CRITERIA}")
+        _check_criterion(criterion)
         taps = exit_taps(model)[:-1]
         outs = output_names(model)
         if not taps:
@@ -237,3 +280,24 @@ def dynamic_latency(staged: StagedModel, images: np.ndarray, threshold: float, c
             "mean_exit": float(exits.mean() + 1)}
 
 
+
+
+def latency_report(model: keras.Model, x_one: np.ndarray, images: np.ndarray, costs: pd.DataFrame,
+                   criterion: str, threshold: float | None, repeats: int) -> pd.DataFrame:
+    """The run's latency table: batch-1 latency of every output computed alone through the
+    staged forward and of the whole model in one call, then the dynamic policy at ``threshold``
+    over ``images``; a model without exits gets its final output only."""
+    import tensorflow as tf
+
+    if len(model.outputs) < 2:
+        ms, sd = time_call(tf.function(lambda t: model(t, training=False)), x_one, repeats=repeats)
+        return pd.DataFrame([{"output": "final", "latency_ms": ms, "latency_std_ms": sd, "speedup_vs_final": 1.0,
+                              "flops_ratio_vs_final": 1.0}])
+    staged = StagedModel(model, criterion)
+    table = latency_table(staged, x_one, costs, repeats)
+    dyn = dynamic_latency(staged, images, threshold, costs)
+    return pd.concat([table, pd.DataFrame([{
+        "output": f"dynamic_{criterion}", "latency_ms": dyn["dynamic_latency_ms"], "latency_std_ms": np.nan,
+        "speedup_vs_final": dyn["measured_speedup"], "flops_ratio_vs_final": dyn["flops_ratio"],
+        "threshold": dyn["threshold"], "mean_exit": dyn["mean_exit"], "n_images": dyn["n_images"]}])],
+        ignore_index=True)

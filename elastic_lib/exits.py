@@ -6,18 +6,16 @@ stable. Exit metadata is derived from those names, never stored on the side.
 """
 from __future__ import annotations
 
-import os
 from typing import Sequence
 
 import keras
 from keras import layers
 
-from .backbones import check_image_size, get_backbone
+from .backbones import check_image_size, check_weights, get_backbone
+from .config import EXIT_CHOICES, FINAL_HEADS
 
 EXIT_PREFIX = "exit_"
 FINAL_PREFIX = "final_"
-EXIT_CHOICES = ("none", "all", "deeper_half")
-FINAL_HEADS = ("flatten", "gap")
 
 
 def resolve_taps(backbone_model: keras.Model, backbone: str, exits: str | Sequence[str]) -> list[str]:
@@ -48,11 +46,7 @@ def resolve_taps(backbone_model: keras.Model, backbone: str, exits: str | Sequen
 
 def _make_backbone(backbone: str, image_size: int, weights):
     entry = get_backbone(backbone)
-    if weights not in (None, "imagenet"):
-        path = os.fspath(weights)
-        if not os.path.isfile(path):
-            raise ValueError(f"weights file not found: {path!r}; pass weights=None (random init), "
-                             f"'imagenet' (download) or the path of a local {backbone} no-top weights file")
+    check_weights(backbone, weights)
     try:
         return entry.constructor(input_shape=(image_size, image_size, 3), weights=weights)
     except Exception as err:

@@ -1,19 +1,56 @@
 """Figure functions the notebooks call (seaborn/matplotlib). Each returns the Figure;
-``save`` writes PNG and SVG reproducibly (no timestamps)."""
+``save`` writes PNG and SVG reproducibly (no timestamps). The workbook's style is applied
+inside each function (``styled``), never globally on import."""
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 
-import matplotlib
 import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
-matplotlib.rcParams.update({"svg.hashsalt": "elastic", "figure.dpi": 100, "savefig.dpi": 110,
-                            "axes.grid": True, "grid.alpha": 0.3})
-sns.set_theme(style="whitegrid", context="notebook")
+RC = {"svg.hashsalt": "elastic", "figure.dpi": 100, "savefig.dpi": 110, "axes.grid": True, "grid.alpha": 0.3}
 
 
+def _style_rc() -> dict:
+    from cycler import cycler
+
+    return {**sns.axes_style("whitegrid"), **sns.plotting_context("notebook"),
+            "axes.prop_cycle": cycler(color=sns.color_palette("deep")), **RC}
+
+
+def styled(fn):
+    """Run a figure function (or ``save``) under the workbook's style, leaving the caller's
+    matplotlib settings as they were."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with _style():
+            return fn(*args, **kwargs)
+    return wrapper
+
+
+@contextlib.contextmanager
+def _style():
+    """Set the style keys and restore exactly those (unlike plt.rc_context, which also restores
+    ``interactive``: the inline backend turns it on when the first figure activates it, and
+    resetting it would stop every later figure from showing inline)."""
+    rc = _style_rc()
+    old = {k: plt.rcParams[k] for k in rc}
+    plt.rcParams.update(rc)
+    try:
+        yield
+    finally:
+        plt.rcParams.update(old)
+
+
+def model_label(backbone: str, variant: str = "elastic") -> str:
+    """The one label rule for models in tables and figures: Elastic-<backbone> or <backbone>."""
+    return f"Elastic-{backbone}" if variant == "elastic" else backbone
+
+
+@styled
 def save(fig, stem: str) -> list[str]:
     """``stem``.png and ``stem``.svg, written without volatile metadata."""
     os.makedirs(os.path.dirname(os.path.abspath(stem)), exist_ok=True)
@@ -29,7 +66,18 @@ def _output_palette(n: int):
     return sns.color_palette("viridis", n)
 
 
+def _labelled(fig, ax, xlabel: str, ylabel: str, title: str, legend: dict | None = None):
+    """Axis labels, title, legend and layout: the same finish for every single-axes figure."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8, **(legend or {}))
+    fig.tight_layout()
+    return fig
+
+
 # ---------------------------------------------------------------- one run
+@styled
 def training_curves(history: pd.DataFrame, title: str = ""):
     """Left: total train/val loss per epoch (phase boundary dashed). Right: validation
     accuracy of every output (dark = shallow, light = deep; final in red)."""
@@ -55,6 +103,7 @@ def training_curves(history: pd.DataFrame, title: str = ""):
     return fig
 
 
+@styled
 def error_vs_depth(exits: pd.DataFrame, baseline_err: float | None = None, title: str = "", x: str = "depth_index"):
     """Top-1 test error of every output against its depth (the paper's per-depth plot)."""
     fig, ax = plt.subplots(figsize=(7, 3.8))
@@ -64,15 +113,11 @@ def error_vs_depth(exits: pd.DataFrame, baseline_err: float | None = None, title
         ax.axhline(baseline_err, color="tab:red", ls=":", label=f"baseline final ({baseline_err:.2f}%)")
     ax.set_xticks(exits[x])
     ax.set_xticklabels(exits["output"], rotation=60, fontsize=8)
-    ax.set_ylabel("test error (%)")
-    ax.set_xlabel("output (shallowest -> final)")
     ax.set_ylim(0, max(100, exits["top1_err_pct"].max() * 1.05) if exits["top1_err_pct"].max() > 50 else None)
-    ax.legend(fontsize=8)
-    ax.set_title(title or "error vs. depth")
-    fig.tight_layout()
-    return fig
+    return _labelled(fig, ax, "output (shallowest -> final)", "test error (%)", title or "error vs. depth")
 
 
+@styled
 def accuracy_vs_flops(sweep: pd.DataFrame, exits: pd.DataFrame, summary: pd.DataFrame | None = None, title: str = ""):
     """Test accuracy vs. expected FLOPs (convention 'flops'): dynamic threshold sweeps and
     every fixed exit; selected policies (thresholds from validation) marked."""
@@ -84,14 +129,11 @@ def accuracy_vs_flops(sweep: pd.DataFrame, exits: pd.DataFrame, summary: pd.Data
     if summary is not None:
         for _, r in summary.iterrows():
             ax.plot(r["expected_flops"] / 1e6, 100 * r["test_acc"], "*", ms=12, label=r["policy"])
-    ax.set_xlabel("expected MFLOPs per image (convention: flops)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.legend(fontsize=8, loc="lower right")
-    ax.set_title(title or "early exit: accuracy vs. FLOPs")
-    fig.tight_layout()
-    return fig
+    return _labelled(fig, ax, "expected MFLOPs per image (convention: flops)", "test accuracy (%)",
+                     title or "early exit: accuracy vs. FLOPs", {"loc": "lower right"})
 
 
+@styled
 def exit_rates(rates: pd.DataFrame, title: str = ""):
     fig, ax = plt.subplots(figsize=(8, 3.2))
     sns.barplot(data=rates[rates["policy"].str.startswith("dynamic")], x="output", y="exit_rate", hue="policy", ax=ax)
@@ -103,6 +145,7 @@ def exit_rates(rates: pd.DataFrame, title: str = ""):
 
 
 # ---------------------------------------------------------------- a whole profile
+@styled
 def depth_curves(exits: pd.DataFrame, baselines: pd.DataFrame, dataset: str):
     """Per-depth error of every elastic model on ``dataset`` (x = fraction of the final output's
     kernel MACs), the baseline's final error as a dotted line of the same colour."""
@@ -112,33 +155,27 @@ def depth_curves(exits: pd.DataFrame, baselines: pd.DataFrame, dataset: str):
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
     for bb in backbones:
         d = df[df["backbone"] == bb].groupby("depth_index", as_index=False).mean(numeric_only=True)
-        ax.plot(d["kernel_macs_fraction_of_final"], d["top1_err_pct"], "o-", color=pal[bb], label=f"Elastic-{bb}")
+        ax.plot(d["kernel_macs_fraction_of_final"], d["top1_err_pct"], "o-", color=pal[bb], label=model_label(bb))
         base = baselines[(baselines["backbone"] == bb) & (baselines["dataset"] == dataset)]
         if not base.empty:
             ax.axhline(base["final_top1_err_pct"].mean(), color=pal[bb], ls=":", lw=1.5, label=f"{bb} baseline")
-    ax.set_xlabel("cost of the output / cost of the final output (kernel MACs)")
-    ax.set_ylabel("top-1 test error (%)")
-    ax.set_title(f"error vs. depth, {dataset}")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
+    return _labelled(fig, ax, "cost of the output / cost of the final output (kernel MACs)", "top-1 test error (%)",
+                     f"error vs. depth, {dataset}")
 
 
+@styled
 def early_exit_curves(sweeps: pd.DataFrame, dataset: str, criterion: str = "max_prob"):
     df = sweeps[(sweeps["dataset"] == dataset) & (sweeps["criterion"] == criterion)]
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
     for bb, d in df.groupby("backbone", sort=True):
         d = d.groupby("threshold", as_index=False).mean(numeric_only=True).sort_values("test_expected_flops")
-        ax.plot(d["test_expected_flops"] / 1e6, 100 * d["test_acc"], "-", label=f"Elastic-{bb}")
+        ax.plot(d["test_expected_flops"] / 1e6, 100 * d["test_acc"], "-", label=model_label(bb))
     ax.set_xscale("log")
-    ax.set_xlabel("expected MFLOPs per image (convention: flops, log scale)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"dynamic early exit ({criterion} threshold sweep), {dataset}")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
+    return _labelled(fig, ax, "expected MFLOPs per image (convention: flops, log scale)", "test accuracy (%)",
+                     f"dynamic early exit ({criterion} threshold sweep), {dataset}")
 
 
+@styled
 def baseline_vs_elastic_bars(table: pd.DataFrame):
     """Final-output top-1 error, baseline vs. elastic, per backbone and dataset."""
     g = sns.catplot(data=table, kind="bar", x="backbone", y="final_top1_err_pct", hue="variant", col="dataset",
@@ -150,6 +187,7 @@ def baseline_vs_elastic_bars(table: pd.DataFrame):
     return g.figure
 
 
+@styled
 def all_training_curves(history: pd.DataFrame):
     g = sns.relplot(data=history, kind="line", x="epoch", y="val_final_accuracy", hue="variant", col="backbone",
                     row="dataset", height=3.0, aspect=1.4, marker="o", facet_kws={"sharey": False})
@@ -159,6 +197,7 @@ def all_training_curves(history: pd.DataFrame):
     return g.figure
 
 
+@styled
 def same_depth_bars(df: pd.DataFrame):
     fig, ax = plt.subplots(figsize=(6, 3.5))
     sns.barplot(data=df, x="label", y="top1_err_pct", hue="dataset", ax=ax)

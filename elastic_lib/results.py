@@ -19,7 +19,7 @@ import tempfile
 import pandas as pd
 import yaml
 
-from .config import dataset_label
+from .config import ROOT, dataset_label
 
 DONE = "DONE"
 FAILED = "FAILED"
@@ -61,9 +61,8 @@ def environment_info() -> dict:
     import numpy
     import tensorflow as tf
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                                 timeout=5).stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         commit = "unknown"
@@ -71,10 +70,20 @@ def environment_info() -> dict:
             "numpy": numpy.__version__, "pandas": pd.__version__, "git_commit": commit}
 
 
-def write_params(run_dir: str, params: dict, with_environment: bool = True) -> str:
+def write_params(run_dir: str, params: dict, plumbing: dict | None = None, determinism: dict | None = None,
+                 with_environment: bool = True) -> str:
+    """params.yaml: the experiment's resolved parameters; apart from them the plumbing (paths,
+    devices, DONE handling), the library versions and commit, the machine (CPU, oneDNN ISA,
+    threads, devices, TensorFlow build) and the determinism settings."""
+    from .reproducibility import machine_info
+
     doc = {"parameters": params}
+    if plumbing is not None:
+        doc["plumbing"] = plumbing
     if with_environment:
-        doc["environment"] = environment_info()
+        doc["environment"] = {**environment_info(), "machine": machine_info()}
+    if determinism is not None:
+        doc["determinism"] = determinism
     path = os.path.join(run_dir, "params.yaml")
     atomic_write_text(path, yaml.safe_dump(doc, sort_keys=True))
     return path
@@ -107,10 +116,6 @@ def clear_run(run_dir: str) -> None:
                 os.remove(path)
 
 
-class LockedError(RuntimeError):
-    pass
-
-
 def try_lock(path: str) -> int | None:
     """Exclusive, non-blocking advisory lock on ``path``/.lock: the open file descriptor (close
     it to release; a child process given it keeps the lock), or None if another process holds it."""
@@ -128,27 +133,39 @@ def try_lock(path: str) -> int | None:
     return fd
 
 
-@contextlib.contextmanager
-def lock(path: str):
-    """``try_lock`` as a context manager: a second ./run_all.sh on the same runs is refused
-    (LockedError) instead of corrupting them."""
-    fd = try_lock(path)
-    if fd is None:
-        raise LockedError(f"{path} is locked by another run (pid in {path}/.lock); wait for it to finish")
-    try:
-        yield
-    finally:
-        os.close(fd)
-
-
 # ---------------------------------------------------------------- collecting
 def completed_runs(profile_dir: str) -> list[str]:
     return sorted(d for d in glob.glob(os.path.join(profile_dir, "*")) if os.path.isdir(d) and is_done(d))
 
 
-def read_params(run_dir: str) -> dict:
+def read_params(run_dir: str, with_plumbing: bool = False) -> dict:
+    """The experiment parameters of a run (with its plumbing too: enough to rebuild its RunConfig)."""
     with open(os.path.join(run_dir, "params.yaml")) as f:
-        return yaml.safe_load(f)["parameters"]
+        doc = yaml.safe_load(f)
+    return {**doc["parameters"], **(doc.get("plumbing") or {})} if with_plumbing else doc["parameters"]
+
+
+def repo_relative(path: str) -> str:
+    """Paths inside the repo relative to it (notebooks run with the repo root as working
+    directory), so that executed notebooks and tables do not record this machine's layout."""
+    if not path:
+        return path
+    rel = os.path.relpath(os.path.abspath(path), ROOT)
+    return path if rel.startswith("..") else rel
+
+
+def machines(profile_dir: str) -> list[str]:
+    """The machines behind a profile's completed runs (CPU, oneDNN ISA, cores), one entry each."""
+    from .reproducibility import machine_label
+
+    seen = []
+    for run_dir in completed_runs(profile_dir):
+        with open(os.path.join(run_dir, "params.yaml")) as f:
+            info = (yaml.safe_load(f).get("environment") or {}).get("machine")
+        label = machine_label(info) if info else "unrecorded machine"
+        if label not in seen:
+            seen.append(label)
+    return seen
 
 
 def collect(profile_dir: str, name: str) -> pd.DataFrame:

@@ -1,36 +1,22 @@
 """The paper's two-phase recipe: heads only (backbone frozen), then everything.
 
-Loss = weighted sum of the per-output cross-entropies. SGD with momentum, ReduceLROnPlateau,
-EarlyStopping and a best-``val_loss`` checkpoint in each phase; model selection only ever
-looks at the validation split.
+Loss = weighted sum of the per-output cross-entropies. SGD with momentum, ReduceLROnPlateau and
+EarlyStopping on ``val_loss`` in each phase, the best-``val_loss`` weights restored at the end of
+each phase (``EarlyStopping(restore_best_weights=True)``); model selection only ever looks at the
+validation split. Every option is a ``RunConfig`` field (one place for parameters and defaults).
 """
 from __future__ import annotations
-
-import os
-import random
-import tempfile
-from dataclasses import dataclass
 
 import keras
 import numpy as np
 import pandas as pd
 
+from .config import LOSS_WEIGHT_SCHEMES, RunConfig
 from .exits import is_head_layer, output_names, short_output_names
-
-LOSS_WEIGHT_SCHEMES = ("uniform", "depth", "linear")
 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the message says where and what to try."""
-
-
-def seed_everything(seed: int) -> None:
-    """Python, NumPy and TensorFlow seeds plus TensorFlow op determinism (always on)."""
-    import tensorflow as tf
-
-    random.seed(seed)
-    keras.utils.set_random_seed(seed)
-    tf.config.experimental.enable_op_determinism()
 
 
 def loss_weights(n_outputs: int, scheme: str = "uniform") -> list[float]:
@@ -66,41 +52,29 @@ def set_bn_momentum(model: keras.Model, momentum: float | None) -> int:
     return n
 
 
-@dataclass
-class TrainConfig:
-    phase1_epochs: int = 1
-    phase2_epochs: int = 8
-    learning_rate: float = 1e-3          # phase 1 (paper: 1e-3)
-    phase2_learning_rate: float = 1e-3   # phase 2
-    momentum: float = 0.9
-    loss_weights: str = "uniform"
-    reduce_lr_factor: float = 0.1
-    reduce_lr_patience: int = 5
-    min_lr: float = 1e-5
-    early_stopping_patience: int = 10
-    jit_compile: bool = False
-    verbose: int = 2
-
-
 def set_trainable(model: keras.Model, backbone: bool) -> None:
     for layer in model.layers:
         layer.trainable = backbone or is_head_layer(layer)
 
 
-def compile_model(model: keras.Model, lr: float, cfg: TrainConfig) -> None:
+def compile_model(model: keras.Model, lr: float, cfg: RunConfig, metrics: str = "all") -> None:
+    """SGD(lr, cfg.momentum), one sparse cross-entropy per output weighted by
+    ``cfg.loss_weights``; accuracy on every output (``metrics="all"``) or on the final one."""
     n = len(model.outputs)
+    acc = [["accuracy"] for _ in range(n)] if metrics == "all" else [[] for _ in range(n - 1)] + [["accuracy"]]
     model.compile(
         optimizer=keras.optimizers.SGD(learning_rate=lr, momentum=cfg.momentum),
         loss=[keras.losses.SparseCategoricalCrossentropy() for _ in range(n)],
         loss_weights=loss_weights(n, cfg.loss_weights),
-        metrics=[["accuracy"] for _ in range(n)],
+        metrics=acc,
         jit_compile=cfg.jit_compile,
     )
 
 
 class DivergenceGuard(keras.callbacks.Callback):
-    """Stops training when the batch loss is NaN/inf or explodes: above ``factor`` x the loss
-    of an untrained network at chance (sum over outputs of weight x ln(num_classes))."""
+    """The one divergence check: stops training when the batch loss is NaN/inf or explodes,
+    above ``factor`` x the loss of an untrained network at chance (sum over outputs of
+    weight x ln(num_classes)); ``fit_two_phase`` then raises ``TrainingDiverged``."""
 
     def __init__(self, chance_loss: float, factor: float = 1e4):
         super().__init__()
@@ -114,13 +88,12 @@ class DivergenceGuard(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-def _callbacks(cfg: TrainConfig, ckpt: str):
+def _callbacks(cfg: RunConfig):
     return [
-        keras.callbacks.TerminateOnNaN(),
         keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=cfg.reduce_lr_factor,
                                           patience=cfg.reduce_lr_patience, min_lr=cfg.min_lr, verbose=0),
-        keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.early_stopping_patience),
-        keras.callbacks.ModelCheckpoint(ckpt, monitor="val_loss", save_best_only=True, save_weights_only=True),
+        keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.early_stopping_patience,
+                                      restore_best_weights=True),
     ]
 
 
@@ -146,43 +119,31 @@ def _history_frame(model: keras.Model, history: dict, phase: int, start_epoch: i
     return df
 
 
-def fit_two_phase(model: keras.Model, train_ds, val_ds, cfg: TrainConfig, checkpoint_dir: str | None = None,
-                  strategy=None) -> pd.DataFrame:
+def fit_two_phase(model: keras.Model, train_ds, val_ds, cfg: RunConfig, strategy=None,
+                  verbose: int = 0) -> pd.DataFrame:
     """Phase 1 (heads only) then phase 2 (all layers). Returns the per-epoch history, one
     loss and accuracy column per output (``exit01_accuracy``, ``val_final_loss``, ...).
     After each phase the best-``val_loss`` weights are restored."""
     import contextlib
 
-    checkpoint_dir = checkpoint_dir or tempfile.mkdtemp(prefix="elastic_ckpt_")
-    os.makedirs(checkpoint_dir, exist_ok=True)
     scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
     frames = []
     phases = [(1, cfg.phase1_epochs, cfg.learning_rate, False), (2, cfg.phase2_epochs, cfg.phase2_learning_rate, True)]
     for phase, epochs, lr, backbone_trainable in phases:
         if epochs <= 0:
             continue
-        ckpt = os.path.join(checkpoint_dir, f"phase{phase}_best.weights.h5")
-        if os.path.exists(ckpt):
-            os.remove(ckpt)
         weights = loss_weights(len(model.outputs), cfg.loss_weights)
         guard = DivergenceGuard(sum(weights) * np.log(model.outputs[-1].shape[-1]))
         with scope:
             set_trainable(model, backbone_trainable)
             compile_model(model, lr, cfg)
-            hist = model.fit(train_ds, validation_data=val_ds, epochs=epochs,
-                             callbacks=_callbacks(cfg, ckpt) + [guard], verbose=cfg.verbose, shuffle=False)
+            hist = model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=_callbacks(cfg) + [guard],
+                             verbose=verbose, shuffle=False)
         start = len(pd.concat(frames)) if frames else 0
-        frame = _history_frame(model, hist.history, phase, start)
-        frames.append(frame)
-        losses = np.asarray(hist.history.get("loss", []), dtype=float)
-        if guard.reason or len(losses) == 0 or not np.all(np.isfinite(losses)):
-            raise TrainingDiverged(f"phase {phase}: training diverged ({guard.reason or 'loss became NaN'}) in epoch "
-                                   f"{max(len(losses), 1)} at learning rate {lr}; lower the learning rate or check "
-                                   "the inputs")
-        if os.path.exists(ckpt):
-            model.load_weights(ckpt)
+        frames.append(_history_frame(model, hist.history, phase, start))
+        if guard.reason:
+            raise TrainingDiverged(f"phase {phase}: training diverged ({guard.reason}) in epoch "
+                                   f"{len(hist.history.get('loss', [])) + 1} at learning rate {lr}; lower the "
+                                   "learning rate or check the inputs")
     set_trainable(model, True)
-    history = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    return history
-
-
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

@@ -1,9 +1,5 @@
-"""Shared fixtures. Environment first: TensorFlow must see these before it is imported."""
-import os
-
-os.environ["TF_ENABLE_ONEDNN_OPTS"] = "0"
-os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+"""Shared fixtures. Environment first: TensorFlow must see it before it is imported."""
+import elastic_lib  # noqa: F401  (setup_environment() on import)
 
 from pathlib import Path  # noqa: E402
 

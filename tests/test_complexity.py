@@ -10,7 +10,7 @@ from keras import layers as L
 
 from conftest import REFERENCE_DIR
 from elastic_lib import build_elastic_model, complexity
-from elastic_lib.complexity import CONVENTIONS, complexity_frame, complexity_table, model_complexity
+from elastic_lib.complexity import CONVENTIONS, complexity_frame, model_complexity
 
 REFERENCE = pd.read_csv(REFERENCE_DIR / "complexity_reference.csv")
 # The reference numbers were counted by the paper's Keras 2.1.5 code; its ResNet50 is this
@@ -38,8 +38,8 @@ def test_reference_file_has_the_expected_rows():
 def test_exact_reference_counts_224(ref_name):
     ref = REFERENCE.set_index("backbone").loc[ref_name]
     model = baseline_224(REFERENCE_BACKBONE[ref_name])
-    got = model_complexity(model, "kernel_macs")
-    assert got["flops"] == ref["flops_kernel_macs"]
+    got = model_complexity(model)
+    assert got["kernel_macs"] == ref["flops_kernel_macs"]
     assert got["total_params"] == ref["total_params"]
     assert got["trainable_params"] == ref["trainable_params"]
     assert got["non_trainable_params"] == ref["non_trainable_params"]
@@ -58,7 +58,7 @@ def test_resnet50_today_vs_legacy():
     # heads: today's backbone ends on a 7x7x2048 map (Flatten -> 100352), legacy on 1x1x2048 (7x7 avg pool)
     assert dense_params(today) == 7 * 7 * 2048 * 10 + 10
     assert dense_params(legacy) == 2048 * 10 + 10
-    c_today, c_legacy = model_complexity(today, "kernel_macs"), model_complexity(legacy, "kernel_macs")
+    c_today, c_legacy = model_complexity(today), model_complexity(legacy)
     # same backbone parameters
     assert c_today["total_params"] - dense_params(today) == c_legacy["total_params"] - dense_params(legacy)
     assert c_today["non_trainable_params"] == c_legacy["non_trainable_params"]
@@ -69,7 +69,7 @@ def test_resnet50_today_vs_legacy():
     conv2_kernels = block1 + 2 * block23
     assert conv2_kernels == 212992
     expected_diff = conv2_kernels * (56 * 56 - 55 * 55) + (7 * 7 * 2048 - 2048) * 10
-    assert c_today["flops"] - c_legacy["flops"] == expected_diff
+    assert c_today["kernel_macs"] - c_legacy["kernel_macs"] == expected_diff
 
 
 # ---------------------------------------------------------------- hand-counted tiny model
@@ -109,8 +109,8 @@ TINY_NON_TRAINABLE = 2 * 4                                   # 8
 
 @pytest.mark.parametrize("convention", CONVENTIONS)
 def test_tiny_model_by_hand(tiny, convention):
-    got = model_complexity(tiny, convention)
-    assert got["flops"] == TINY[convention]
+    got = model_complexity(tiny)
+    assert got[convention] == TINY[convention]
     assert got["trainable_params"] == TINY_TRAINABLE
     assert got["non_trainable_params"] == TINY_NON_TRAINABLE
     assert got["total_params"] == TINY_TRAINABLE + TINY_NON_TRAINABLE == tiny.count_params()
@@ -144,40 +144,42 @@ def test_micronet_score_independent(tiny):
 
 
 def test_tiny_table(tiny):
-    table = complexity_table(tiny, "macs")
+    table = complexity_frame(tiny)
     assert list(table["output"]) == ["final"]
     assert table.loc[0, "tap_layer"] == "maxpool"
-    assert table.loc[0, "flops_to_output"] == TINY["macs"]
-    assert table.loc[0, "flops_fraction"] == 1.0
+    for conv in CONVENTIONS:
+        assert table.loc[0, f"{conv}_to_output"] == TINY[conv]
+        assert table.loc[0, f"{conv}_fraction_of_final"] == 1.0
 
 
-def test_unknown_convention(tiny):
+def test_unknown_convention():
     with pytest.raises(ValueError, match="kernel_macs"):
-        model_complexity(tiny, "gflops")
+        complexity.Cost().get("gflops")
 
 
 # ---------------------------------------------------------------- TensorFlow profiler
 @pytest.mark.parametrize("name", ["resnet50", "mobilenet_0.75"])
 def test_flops_within_1pct_of_tf_profiler(name):
     model = build_elastic_model(name, 10, 64, exits="none")
-    ours = model_complexity(model, "flops")["flops"]
+    ours = model_complexity(model)["flops"]
     tf_count = complexity.profiler_flops(model)
     assert tf_count > 0
     assert abs(ours - tf_count) / tf_count < 0.01
 
 
 # ---------------------------------------------------------------- per-output table (MobileNet)
-def test_complexity_table_rows(mobilenet_elastic):
+def test_complexity_frame_rows(mobilenet_elastic):
     n_out = len(mobilenet_elastic.outputs)
     assert n_out == 14
+    t = complexity_frame(mobilenet_elastic)
     for conv in CONVENTIONS:
-        t = complexity_table(mobilenet_elastic, conv)
         assert list(t["output"]) == [f"exit{i:02d}" for i in range(1, 14)] + ["final"]
         assert list(t["tap_layer"]) == [f"conv_pw_{i}_relu" for i in range(1, 14)] + ["conv_pw_13_relu"]
         assert list(t["depth_index"]) == list(range(1, 15))
-        assert t["flops_fraction"].iloc[-1] == 1.0
-        np.testing.assert_allclose(t["flops_fraction"], t["flops_to_output"] / t["flops_to_output"].iloc[-1])
-        exits = t["flops_to_output"].to_numpy()[:-1]
+        assert t[f"{conv}_fraction_of_final"].iloc[-1] == 1.0
+        np.testing.assert_allclose(t[f"{conv}_fraction_of_final"],
+                                   t[f"{conv}_to_output"] / t[f"{conv}_to_output"].iloc[-1])
+        exits = t[f"{conv}_to_output"].to_numpy()[:-1]
         assert np.all(np.diff(exits) >= 0), conv
         assert np.all(np.diff(t["params_to_output"].to_numpy()[:-1]) > 0)
 
@@ -191,13 +193,13 @@ def test_first_exit_by_hand(mobilenet_elastic):
     elementwise = (2 + 1) * 24 * hw + (2 + 1) * 24 * hw + (2 + 1) * 48 * hw  # BN (2) + ReLU (1) after each conv
     gap = 48 * hw + 48
     head_rest = 10 + 3 * 10  # dense bias + softmax
-    t = {c: complexity_table(mobilenet_elastic, c).iloc[0] for c in CONVENTIONS}
-    assert t["kernel_macs"]["flops_to_output"] == conv1 + pw1 + dense == 461280
-    assert t["macs"]["flops_to_output"] == conv1 + dw1 + pw1 + dense
-    assert t["flops"]["flops_to_output"] == 2 * (conv1 + dw1 + pw1 + dense) + elementwise + gap + head_rest
+    t = complexity_frame(mobilenet_elastic).iloc[0]
+    assert t["kernel_macs_to_output"] == conv1 + pw1 + dense == 461280
+    assert t["macs_to_output"] == conv1 + dw1 + pw1 + dense
+    assert t["flops_to_output"] == 2 * (conv1 + dw1 + pw1 + dense) + elementwise + gap + head_rest
     # params: conv1 3*3*3*24, dw 3*3*24, pw 24*48, BN 4 per channel, dense 48*10 + 10
     params = 3 * 3 * 3 * 24 + 3 * 3 * 24 + 24 * 48 + 4 * (24 + 24 + 48) + 48 * 10 + 10
-    assert t["flops"]["params_to_output"] == params
+    assert t["params_to_output"] == params
 
 
 def test_exit_head_cost_by_hand(mobilenet_elastic):
@@ -207,11 +209,11 @@ def test_exit_head_cost_by_hand(mobilenet_elastic):
     gap = 2 * 2 * 384 + 384
     dense = 2 * (384 * 10) + 10 + 3 * 10
     prefix = keras.Model(mobilenet_elastic.inputs[0], tap.output)
-    row = complexity_table(mobilenet_elastic, "flops").set_index("tap_layer").loc["conv_pw_7_relu"]
-    assert row["flops_to_output"] - model_complexity(prefix, "flops")["flops"] == gap + dense
+    row = complexity_frame(mobilenet_elastic).set_index("tap_layer").loc["conv_pw_7_relu"]
+    assert row["flops_to_output"] - model_complexity(prefix)["flops"] == gap + dense
     # the last exit and the final head share the whole backbone: they differ by the exit's GAP
     # on the 1x1x768 map (the final head's Flatten and Dropout are free)
-    t = complexity_table(mobilenet_elastic, "flops")
+    t = complexity_frame(mobilenet_elastic)
     assert t["flops_to_output"].iloc[-2] - t["flops_to_output"].iloc[-1] == 768 + 768
 
 
@@ -220,5 +222,5 @@ def test_complexity_frame_cumulative(mobilenet_elastic):
     assert len(f) == 14
     assert f["flops_cumulative"].iloc[0] == f["flops_to_output"].iloc[0]
     # staged inference up to the final head has evaluated every head: whole-model cost
-    assert f["flops_cumulative"].iloc[-1] == model_complexity(mobilenet_elastic, "flops")["flops"]
+    assert f["flops_cumulative"].iloc[-1] == model_complexity(mobilenet_elastic)["flops"]
     assert np.all(np.diff(f["flops_cumulative"]) > 0)

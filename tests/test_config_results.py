@@ -1,6 +1,5 @@
 """RunConfig / profile validation, and the run-directory helpers (atomic writes, locks,
 clearing, collecting)."""
-import fcntl
 import os
 import subprocess
 import sys
@@ -11,7 +10,7 @@ import yaml
 
 from elastic_lib import results
 from elastic_lib.config import ConfigError, RunConfig, load_profile
-from elastic_lib.results import LockedError, atomic_write_text, clear_run, collect, lock
+from elastic_lib.results import atomic_write_text, clear_run, collect, try_lock
 
 
 # ---------------------------------------------------------------- RunConfig
@@ -151,23 +150,20 @@ def test_atomic_write_failure_keeps_old_content(tmp_path):
 # ---------------------------------------------------------------- locks
 def test_lock_is_exclusive(tmp_path):
     run = str(tmp_path / "run")
-    with lock(run):
+    fd = try_lock(run)
+    assert fd is not None
+    try:
         assert open(os.path.join(run, ".lock")).read().strip() == str(os.getpid())
-        with pytest.raises(LockedError, match="locked"):
-            with lock(run):
-                pass
-        fd = os.open(os.path.join(run, ".lock"), os.O_RDWR)  # a second, independent flock
-        try:
-            with pytest.raises(BlockingIOError):
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        finally:
-            os.close(fd)
+        assert try_lock(run) is None  # a second lock in this process is refused
         # and from another process
         code = ("import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR)\n"
                 "try:\n    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\nexcept BlockingIOError:\n    sys.exit(3)\n")
         assert subprocess.run([sys.executable, "-c", code, os.path.join(run, ".lock")]).returncode == 3
-    with lock(run):  # released on exit
-        pass
+    finally:
+        os.close(fd)
+    fd = try_lock(run)  # released when its descriptor is closed
+    assert fd is not None
+    os.close(fd)
 
 
 # ---------------------------------------------------------------- clearing and collecting

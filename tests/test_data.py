@@ -166,7 +166,7 @@ def test_cifar100_subset_fine_and_coarse(cifar100):
     np.testing.assert_array_equal(np.bincount(coarse.y_test, minlength=20), np.full(20, 100))
     np.testing.assert_array_equal(np.bincount(np.concatenate([coarse.y_train, coarse.y_val]), minlength=20),
                                   np.full(20, 500))
-    assert fine.name == "cifar100-fine" and coarse.name == "cifar100-coarse"
+    assert fine.name == "cifar100" and coarse.name == "cifar100coarse"  # the run-id label rule (config)
 
 
 def _decode_first(archive, member, label_key):

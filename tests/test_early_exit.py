@@ -176,21 +176,12 @@ def _between_confidences(conf):
     return float(t)
 
 
-def test_dynamic_matches_stored_policy_max_prob(staged, model_probs, x_one):
-    conf = np.array([confidence(p, "max_prob")[0] for p in model_probs[:-1]])
-    t = _between_confidences(conf)
-    expected = int(dynamic_exit(model_probs, t, "max_prob")[0])
-    assert 0 < expected < staged.n_exits, "the fixture should give a nontrivial answer"
-    i, p = staged.predict_dynamic(x_one, t)
-    assert i == expected
-    np.testing.assert_allclose(p, model_probs[i], atol=1e-5)
-
-
-def test_dynamic_matches_stored_policy_entropy(mobilenet_elastic, model_probs, x_one):
-    staged = StagedModel(mobilenet_elastic, "entropy")
-    ent = np.array([-confidence(p, "entropy")[0] for p in model_probs[:-1]])
-    t = _between_confidences(ent)
-    expected = int(dynamic_exit(model_probs, t, "entropy")[0])
+@pytest.mark.parametrize("criterion", ["max_prob", "entropy"])
+def test_dynamic_matches_stored_policy(mobilenet_elastic, model_probs, x_one, criterion):
+    staged = StagedModel(mobilenet_elastic, criterion)
+    sign = 1 if criterion == "max_prob" else -1  # the entropy threshold is on entropy = -confidence
+    t = _between_confidences(np.array([sign * confidence(p, criterion)[0] for p in model_probs[:-1]]))
+    expected = int(dynamic_exit(model_probs, t, criterion)[0])
     assert 0 < expected < staged.n_exits, "the fixture should give a nontrivial answer"
     i, p = staged.predict_dynamic(x_one, t)
     assert i == expected

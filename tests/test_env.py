@@ -1,6 +1,10 @@
 """Environment files agree; the notebook's parameters cell matches RunConfig."""
+import ast
 import dataclasses
 import re
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -32,17 +36,65 @@ def test_requirements_and_environment_yml_pin_the_same_versions():
         assert package in req, f"{package} is on the design card but not pinned"
 
 
+def test_notebook_parameters_cell_is_generated_from_runconfig():
+    """RunConfig is the one place for parameters and defaults: the notebook's cell is its output
+    (regenerate with `python -m elastic_lib.config --write-notebook`)."""
+    from elastic_lib.config import notebook_parameters_source, parameters_cell_source
+
+    assert notebook_parameters_source() == parameters_cell_source(), \
+        "notebooks/elastic_experiment.ipynb is stale: run python -m elastic_lib.config --write-notebook"
+
+
 def test_notebook_parameters_cell_declares_every_runconfig_field():
     import papermill
 
     declared = papermill.inspect_notebook(str(ROOT / "notebooks" / "elastic_experiment.ipynb"))
     fields = {f.name: f for f in dataclasses.fields(RunConfig)}
     assert set(declared) == set(fields)
-    # the notebook's own defaults form a valid configuration
+    # papermill reads the same defaults and types back, and they form a valid configuration
     params = {name: eval(p["default"]) for name, p in declared.items()}  # noqa: S307 (our own notebook)
-    RunConfig.from_dict(params)
+    assert RunConfig.from_dict(params) == RunConfig()
     for name, p in declared.items():
-        assert p["help"], f"parameter {name} has no comment"
+        assert p["inferred_type_name"] == fields[name].type, name
+        assert p["help"] == fields[name].metadata["doc"], name
+
+
+def test_experiment_params_leave_the_plumbing_out():
+    cfg = RunConfig(output_dir="/somewhere/run", data_dir="/data", write_done=False)
+    assert {"output_dir", "data_dir", "write_done", "strategy"} == set(cfg.plumbing())
+    assert not set(cfg.plumbing()) & set(cfg.experiment_params())
+    assert {**cfg.experiment_params(), **cfg.plumbing()} == cfg.to_dict()
+
+
+def test_control_plane_imports_no_tensorflow_or_keras():
+    code = ("import sys, elastic_lib, elastic_lib.config, elastic_lib.batch, elastic_lib.results, "
+            "elastic_lib.reproducibility\n"
+            "heavy = sorted(m for m in ('tensorflow', 'keras') if m in sys.modules)\n"
+            "assert not heavy, heavy")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_run_all_list_answers_fast():
+    """./run_all.sh --list (the batch driver's listing) needs no TensorFlow: well under a second
+    on 2 cores; the bound is generous for loaded CI machines."""
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "elastic_lib.batch", "--list"], capture_output=True, text=True,
+                          cwd=ROOT)
+    elapsed = time.perf_counter() - t0
+    assert proc.returncode == 0, proc.stderr
+    assert "mobilenet_0.75__digits__elastic" in proc.stdout
+    assert elapsed < 3.0, f"--list took {elapsed:.2f} s"
+
+
+def test_longest_function_in_elastic_lib_is_under_50_lines():
+    lengths = {}
+    for path in sorted((ROOT / "elastic_lib").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lengths[f"{path.name}:{node.name}"] = node.end_lineno - node.lineno + 1
+    longest = max(lengths, key=lengths.get)
+    assert lengths[longest] < 50, f"{longest} has {lengths[longest]} lines"
 
 
 def test_profiles_expand_and_validate():

@@ -7,7 +7,9 @@ import pytest
 from elastic_lib import build_elastic_model, get_backbone
 from elastic_lib.data import load_dataset, make_pipeline
 from elastic_lib.exits import short_output_names
-from elastic_lib.training import TrainConfig, TrainingDiverged, fit_two_phase, loss_weights, seed_everything
+from elastic_lib.config import RunConfig
+from elastic_lib.reproducibility import set_determinism
+from elastic_lib.training import TrainingDiverged, fit_two_phase, loss_weights
 
 BACKBONE, SIZE, BATCH = "mobilenet_0.75", 32, 16
 
@@ -62,7 +64,7 @@ def changed(before, after, name):
 
 # ---------------------------------------------------------------- two phases
 def test_two_phase_training(digits):
-    seed_everything(0)
+    set_determinism(0)
     model = build_elastic_model(BACKBONE, 10, SIZE, exits="all")
     train, val = pipelines(model, digits)
     w0 = snapshot(model)
@@ -71,15 +73,13 @@ def test_two_phase_training(digits):
     assert len(heads) == 14 and len(backbone) > 50
 
     # phase 1 only: heads train, the backbone (weights and BatchNorm statistics) stays put
-    h1 = fit_two_phase(model, train, val, TrainConfig(phase1_epochs=1, phase2_epochs=0, learning_rate=0.01,
-                                                       verbose=0))
+    h1 = fit_two_phase(model, train, val, RunConfig(phase1_epochs=1, phase2_epochs=0, learning_rate=0.01))
     w1 = snapshot(model)
     assert [n for n in backbone if changed(w0, w1, n)] == []
     assert [n for n in heads if not changed(w0, w1, n)] == []
 
     # phase 2 only: everything trains
-    h2 = fit_two_phase(model, train, val, TrainConfig(phase1_epochs=0, phase2_epochs=1, phase2_learning_rate=0.01,
-                                                       verbose=0))
+    h2 = fit_two_phase(model, train, val, RunConfig(phase1_epochs=0, phase2_epochs=1, phase2_learning_rate=0.01))
     w2 = snapshot(model)
     moved = [n for n in backbone if changed(w1, w2, n)]
     assert "conv1" in moved and "conv_pw_13" in moved
@@ -103,11 +103,11 @@ def test_two_phase_training(digits):
 def _tiny_run(digits, loss_scheme="depth"):
     """Fresh seeded model with 2 exits; one all-layers epoch (dropout, shuffling and init all
     draw random numbers)."""
-    seed_everything(0)
+    set_determinism(0)
     model = build_elastic_model(BACKBONE, 10, SIZE, exits=["conv_pw_3_relu", "conv_pw_7_relu"])
     train, val = pipelines(model, digits, shuffle=True)
-    return fit_two_phase(model, train, val, TrainConfig(phase1_epochs=0, phase2_epochs=1, phase2_learning_rate=0.01,
-                                                        loss_weights=loss_scheme, verbose=0))
+    return fit_two_phase(model, train, val, RunConfig(phase1_epochs=0, phase2_epochs=1, phase2_learning_rate=0.01,
+                                                        loss_weights=loss_scheme))
 
 
 def test_training_is_deterministic(digits):
@@ -123,11 +123,11 @@ def test_training_is_deterministic(digits):
 
 
 def _fit_baseline(digits, lr, x_train=None, phase=2):
-    seed_everything(0)
+    set_determinism(0)
     model = build_elastic_model(BACKBONE, 10, SIZE, exits="none")
     train, val = pipelines(model, digits, x_train=x_train)
-    cfg = TrainConfig(phase1_epochs=int(phase == 1), phase2_epochs=int(phase == 2), learning_rate=lr,
-                      phase2_learning_rate=lr, verbose=0)
+    cfg = RunConfig(phase1_epochs=int(phase == 1), phase2_epochs=int(phase == 2), learning_rate=lr,
+                      phase2_learning_rate=lr)
     return fit_two_phase(model, train, val, cfg)
 
 
@@ -156,6 +156,13 @@ def test_experiment_mirrored_strategy_trains(tmp_path):
                       "output_dir": str(tmp_path / "run")})
     exp.setup()
     exp.load_data()
-    exp.build_model()
+    before = [np.array(w) for w in exp.build_model().get_weights()]
     history = exp.train()
-    assert len(history) == 1
+    import tensorflow as tf
+
+    assert isinstance(exp.strategy(), tf.distribute.MirroredStrategy)
+    # the model's variables live in the strategy (built under its scope), and training moved them
+    assert all(exp.strategy().extended.variable_created_in_scope(v.value) for v in exp.model.weights)
+    assert len(history) == 1 and np.isfinite(history["loss"]).all()
+    after = exp.model.get_weights()
+    assert any(not np.array_equal(a, b) for a, b in zip(before, after))
