@@ -9,6 +9,7 @@ which the next invocation redoes from scratch.
 from __future__ import annotations
 
 import argparse
+import errno
 import fnmatch
 import json
 import os
@@ -61,9 +62,10 @@ def strip_volatile(path: str) -> None:
     results.atomic_write_text(path, json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
 
 
-def _papermill_cmd(notebook: str, out: str, params_file: str) -> list[str]:
-    return [sys.executable, "-m", "papermill", notebook, out, "-f", params_file, "-k", "python3", "--cwd", ROOT,
-            "--no-progress-bar", "--log-level", "WARNING"]
+def _notebook_cmd(notebook: str, out: str, params_file: str) -> list[str]:
+    """papermill in a child that dies with this driver (elastic_lib.notebook_runner)."""
+    return [sys.executable, "-m", "elastic_lib.notebook_runner", notebook, out, params_file, "--cwd", ROOT,
+            "--parent-pid", str(os.getpid())]
 
 
 class Runner:
@@ -80,9 +82,9 @@ class Runner:
         partial = out[: -len(".ipynb")] + ".partial.ipynb"
         log_path = os.path.join(folder, "papermill.log")
         with open(log_path, "w") as log:
-            # the child inherits the run directory's lock: if this driver is SIGKILLed, the run
-            # stays locked until the orphaned notebook ends, so a rerun cannot clobber it
-            self.child = subprocess.Popen(_papermill_cmd(notebook, partial, params_file), stdout=log,
+            # the child holds the run directory's lock too (inherited descriptor) and dies with
+            # this driver, whatever kills it: the lock is released when the last of them ends
+            self.child = subprocess.Popen(_notebook_cmd(notebook, partial, params_file), stdout=log,
                                           stderr=subprocess.STDOUT, start_new_session=True,
                                           pass_fds=(lock_fd,) if lock_fd is not None else ())
             try:
@@ -110,9 +112,29 @@ class Runner:
 
 
 def _error_summary(log_tail: str) -> str:
+    """The cause of a failed run, in one line: the notebook runner's ``ERROR:`` line (kernel
+    killed by a signal, no space left on device, the exception), else the last error line."""
     lines = [ln for ln in log_tail.splitlines() if ln.strip()]
+    causes = [ln[len("ERROR: "):] for ln in lines if ln.startswith("ERROR: ")]
+    if causes:
+        return causes[-1].strip()[:500]
+    if "No space left on device" in log_tail:
+        return "no space left on device"
     errs = [ln for ln in lines if "Error" in ln or "Exception" in ln or "Diverged" in ln]
     return (errs[-1] if errs else (lines[-1] if lines else "no output")).strip()[:500]
+
+
+def _os_error_cause(err: OSError) -> str:
+    what = "no space left on device" if err.errno == errno.ENOSPC else f"{type(err).__name__}: {err}"
+    return f"{what} (while the driver wrote {getattr(err, 'filename', None) or 'a run file'})"
+
+
+def _mark_failed(run_dir: str, message: str) -> None:
+    """FAILED with its cause; on a full disk even that may not be writable (the run stays undone)."""
+    try:
+        results.mark_failed(run_dir, message)
+    except OSError:
+        pass
 
 
 def _fmt(seconds: float) -> str:
@@ -145,7 +167,8 @@ def run_one(cfg, force: bool, timeout_s: float | None, runners: list) -> tuple[s
     rid = os.path.basename(cfg.output_dir)
     fd = results.try_lock(cfg.output_dir)
     if fd is None:
-        return rid, False, "locked: another ./run_all.sh is running this pair right now"
+        return rid, False, (f"locked: another ./run_all.sh is running this pair right now "
+                            f"({results.lock_holder(cfg.output_dir)})")
     try:
         if not force and results.is_done(cfg.output_dir):
             return rid, True, "already DONE"
@@ -157,10 +180,13 @@ def run_one(cfg, force: bool, timeout_s: float | None, runners: list) -> tuple[s
         t0 = time.perf_counter()
         ok, tail = runner.execute(TEMPLATE, os.path.join(cfg.output_dir, "notebook.ipynb"), params, fd)
         if not ok:
-            results.mark_failed(cfg.output_dir, tail)
+            _mark_failed(cfg.output_dir, f"{_error_summary(tail)}\n\n{tail}")
             return rid, False, _error_summary(tail)
         results.mark_done(cfg.output_dir)
         return rid, True, f"done in {_fmt(time.perf_counter() - t0)}"
+    except OSError as err:  # the driver's own writes (disk full): nothing partial is marked DONE
+        _mark_failed(cfg.output_dir, _os_error_cause(err))
+        return rid, False, _os_error_cause(err)
     finally:
         os.close(fd)
 
@@ -268,7 +294,7 @@ def main(argv=None) -> int:
             return 0
         return run_profile(a.profile, a.only, a.jobs, a.force, a.data_dir, a.results_root, a.figures_root,
                            not a.no_aggregate, a.timeout)
-    except ConfigError as err:
+    except (ConfigError, results.LockUnsupportedError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

@@ -63,7 +63,7 @@ ISA_LADDER = [
     ("AVX10_1_512", {"avx512_fp16"}, "Intel AVX-512 with float16, Intel DL Boost and bfloat16 support"),
     ("AVX512_CORE_AMX", {"amx_tile", "amx_int8", "amx_bf16"},
      "Intel AVX-512 with Intel DL Boost and bfloat16 support and Intel AMX with bfloat16 and 8-bit integer support"),
-    ("AVX10_1_512_AMX_FP16", {"amx_fp16"},
+    ("AVX10_1_512_AMX_FP16", {"amx_fp16", "avx512_fp16"},
      "Intel AVX-512 with float16, Intel DL Boost and bfloat16 support and Intel AMX with bfloat16, float16 "
      "and 8-bit integer support"),
 ]
@@ -104,8 +104,9 @@ def effective_onednn_isa(flags: set[str] | None = None, cap: str | None = None) 
         if i > limit:
             break
         if not needs <= flags:
-            # AVX2_VNNI(_2) are side rungs below AVX-512: a CPU without them still climbs on
-            if name.startswith("AVX2_VNNI"):
+            # side rungs: AVX2 with VNNI (client CPUs) below AVX-512, float16 (AVX10.1) below AMX;
+            # a CPU without them still climbs on
+            if name.startswith("AVX2_VNNI") or name == "AVX10_1_512":
                 continue
             break
         best = name

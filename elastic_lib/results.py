@@ -10,9 +10,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import fnmatch
 import glob
 import os
 import platform
+import socket
 import subprocess
 import tempfile
 
@@ -26,8 +28,17 @@ FAILED = "FAILED"
 FLOAT_FORMAT = "%.6g"
 
 
+def _failpoint(path: str) -> None:
+    """Fault injection for the tests: with ``ELASTIC_FAILPOINT_ENOSPC=<glob>`` set, writing a file
+    whose name matches fails as on a full disk (the notebook kernel inherits the variable)."""
+    pattern = os.environ.get("ELASTIC_FAILPOINT_ENOSPC")
+    if pattern and fnmatch.fnmatch(os.path.basename(path), pattern):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+
+
 def atomic_write_text(path: str, text: str) -> None:
     """Write ``text`` to a temp file in the same folder, fsync, then rename over ``path``."""
+    _failpoint(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp_", dir=folder)
@@ -109,16 +120,28 @@ RUN_OUTPUTS = ("*.csv", "*.png", "*.svg", "params.yaml", "notebook.ipynb", "mode
 
 def clear_run(run_dir: str) -> None:
     """Remove a run's outputs (only the files a run writes) so a rerun starts clean and no
-    CSV is ever appended to."""
-    for pattern in RUN_OUTPUTS:
+    CSV is ever appended to. The DONE marker goes first: a run is never DONE with files missing."""
+    for pattern in (DONE, FAILED) + RUN_OUTPUTS:
         for path in glob.glob(os.path.join(run_dir, pattern)):
             if os.path.isfile(path):
                 os.remove(path)
 
 
+class LockUnsupportedError(RuntimeError):
+    """The filesystem refuses flock: the driver stops rather than run unlocked."""
+
+
+# flock errors that mean "this filesystem does not do locks" rather than "someone holds it"
+_NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL, errno.EBADF}
+
+
 def try_lock(path: str) -> int | None:
-    """Exclusive, non-blocking advisory lock on ``path``/.lock: the open file descriptor (close
-    it to release; a child process given it keeps the lock), or None if another process holds it."""
+    """Exclusive, non-blocking advisory lock (``flock``) on ``path``/.lock: the open file
+    descriptor (close it to release; a child process given it keeps the lock), or None if
+    another process holds it. The lock file records the holder (host and pid). On a shared
+    filesystem this relies on flock being coherent across nodes (local disks, NFSv4, Lustre
+    mounted with ``-o flock``, GPFS, BeeGFS do this); where the filesystem refuses flock,
+    ``LockUnsupportedError`` says so instead of running unlocked."""
     os.makedirs(path, exist_ok=True)
     fd = os.open(os.path.join(path, ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -127,10 +150,25 @@ def try_lock(path: str) -> int | None:
         os.close(fd)
         if err.errno in (errno.EAGAIN, errno.EACCES):
             return None
+        if err.errno in _NO_LOCKS:
+            raise LockUnsupportedError(
+                f"the filesystem under {path} refuses flock ({errno.errorcode.get(err.errno, err.errno)}: "
+                f"{os.strerror(err.errno)}); ./run_all.sh will not run unlocked, since two drivers could then "
+                "write the same run. Put --results-root on a filesystem with flock support (local disk, NFSv4, "
+                "Lustre mounted with -o flock), or mount this one with locking enabled") from err
         raise
     os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode())
+    os.write(fd, f"host {socket.gethostname()} pid {os.getpid()}\n".encode())
     return fd
+
+
+def lock_holder(path: str) -> str:
+    """Who holds (or last held) the run directory's lock, as recorded in its .lock file."""
+    try:
+        with open(os.path.join(path, ".lock")) as f:
+            return f.read().strip() or "unknown"
+    except OSError:
+        return "unknown"
 
 
 # ---------------------------------------------------------------- collecting

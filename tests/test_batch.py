@@ -33,10 +33,9 @@ def write_profile(tmp_path, name, grid, overrides=None, defaults=None):
 def run_batch(profile, root, *extra, wait=True):
     cmd = [sys.executable, "-m", "elastic_lib.batch", "--profile", profile, "--results-root", str(root / "results"),
            "--figures-root", str(root / "figures"), *extra]
-    env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": "0", "TF_CPP_MIN_LOG_LEVEL": "2"}
-    if wait:
-        return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=1200)
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=env)
+    if wait:  # the environment (oneDNN, log level) comes from elastic_lib.setup_environment via conftest
+        return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=1200)
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
 
 
 def test_undeclared_notebook_parameter_is_refused():

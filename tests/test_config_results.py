@@ -1,6 +1,8 @@
 """RunConfig / profile validation, and the run-directory helpers (atomic writes, locks,
 clearing, collecting)."""
+import errno
 import os
+import socket
 import subprocess
 import sys
 
@@ -153,7 +155,7 @@ def test_lock_is_exclusive(tmp_path):
     fd = try_lock(run)
     assert fd is not None
     try:
-        assert open(os.path.join(run, ".lock")).read().strip() == str(os.getpid())
+        assert results.lock_holder(run) == f"host {socket.gethostname()} pid {os.getpid()}"
         assert try_lock(run) is None  # a second lock in this process is refused
         # and from another process
         code = ("import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR)\n"
@@ -164,6 +166,16 @@ def test_lock_is_exclusive(tmp_path):
     fd = try_lock(run)  # released when its descriptor is closed
     assert fd is not None
     os.close(fd)
+
+
+@pytest.mark.parametrize("code", [errno.ENOLCK, errno.EOPNOTSUPP])
+def test_a_filesystem_without_locks_stops_the_driver(tmp_path, monkeypatch, code):
+    def refuse(fd, op):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(results.fcntl, "flock", refuse)
+    with pytest.raises(results.LockUnsupportedError, match="refuses flock.*will not run unlocked"):
+        try_lock(str(tmp_path / "run"))
 
 
 # ---------------------------------------------------------------- clearing and collecting
