@@ -158,7 +158,7 @@ def command_line() -> str:
     env = " ".join(f"{k}={os.environ[k]}" for k in ("TF_ENABLE_ONEDNN_OPTS", "TF_CPP_MIN_LOG_LEVEL")
                    if k in os.environ)
     py = os.path.relpath(sys.executable, ROOT) if sys.executable.startswith(ROOT) else sys.executable
-    return f"cd {ROOT} && {env} {py} " + " ".join(shlex.quote(a) for a in argv)
+    return f"{env} {py} " + " ".join(shlex.quote(a) for a in argv)  # from the repo root
 
 
 def machine_info() -> dict:

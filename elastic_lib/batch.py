@@ -175,8 +175,10 @@ def run_one(cfg, force: bool, timeout_s: float | None, runners: list) -> tuple[s
         results.clear_run(cfg.output_dir)
         runner = Runner(timeout_s)
         runners.append(runner)
+        # paths relative to the repo root (the notebooks' working directory), so executed notebooks
+        # and params.yaml never record this machine's layout
         params = {**cfg.to_dict(), "write_done": False, "output_dir": repo_relative(cfg.output_dir),
-                  "data_dir": repo_relative(cfg.data_dir)}
+                  "data_dir": os.path.relpath(cfg.data_dir, ROOT) if cfg.data_dir else ""}
         t0 = time.perf_counter()
         ok, tail = runner.execute(TEMPLATE, os.path.join(cfg.output_dir, "notebook.ipynb"), params, fd)
         if not ok:
@@ -235,7 +237,8 @@ def _aggregate(prof, profile_dir: str, figures_root: str | None, timeout_s: floa
     print(f"aggregating {len(done)} completed run(s) -> {repo_relative(profile_dir)}/table_error_flops.*",
           file=out, flush=True)
     params = {"profile": prof.name, "results_root": repo_relative(os.path.dirname(profile_dir)),
-              "figures_root": repo_relative(figures_root or os.path.join(ROOT, "figures"))}
+              "tables_dir": repo_relative(profile_dir),
+              "figures_dir": repo_relative(os.path.join(figures_root or os.path.join(ROOT, "figures"), prof.name))}
     ok, tail = Runner(timeout_s).execute(AGGREGATE, os.path.join(profile_dir, "aggregate.ipynb"), params)
     return None if ok else _error_summary(tail)
 
@@ -268,6 +271,20 @@ def run_profile(profile: str, only: str | None = None, jobs: int = 1, force: boo
     return 0
 
 
+def aggregate_profile(profile: str, results_root: str | None = None, figures_root: str | None = None,
+                      timeout_s: float | None = None, out=sys.stdout) -> int:
+    """The aggregation notebook alone (tables into results/<profile>/, figures into figures/<profile>/)."""
+    prof = load_profile(profile, results_root)
+    profile_dir = os.path.dirname(prof.runs[0].output_dir)
+    if not any(results.is_done(r.output_dir) for r in prof.runs):
+        print(f"no completed run of profile {profile!r} in {repo_relative(profile_dir)}", file=out)
+        return 1
+    err = _aggregate(prof, profile_dir, figures_root, timeout_s, out)
+    if err:
+        print(f"aggregate: {err}", file=out)
+    return 1 if err else 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(
         prog="./run_all.sh",
@@ -284,6 +301,8 @@ def main(argv=None) -> int:
     ap.add_argument("--results-root", default=None, help="folder for <profile>/<run>/ (default: results/)")
     ap.add_argument("--figures-root", default=None, help="folder for <profile>/ figures (default: figures/)")
     ap.add_argument("--no-aggregate", action="store_true", help="skip the aggregation notebook")
+    ap.add_argument("--aggregate-only", action="store_true",
+                    help="only the aggregation notebook over the completed runs (e.g. after a SLURM array)")
     ap.add_argument("--timeout", type=float, default=None, help="seconds per run before it is killed")
     ap.add_argument("--list", action="store_true", help="list the runs of the profile and exit")
     a = ap.parse_args(argv)
@@ -292,6 +311,8 @@ def main(argv=None) -> int:
             for r in select(load_profile(a.profile, a.results_root).runs, a.only):
                 print(f"{os.path.basename(r.output_dir)}\t{'DONE' if results.is_done(r.output_dir) else 'todo'}")
             return 0
+        if a.aggregate_only:
+            return aggregate_profile(a.profile, a.results_root, a.figures_root, a.timeout)
         return run_profile(a.profile, a.only, a.jobs, a.force, a.data_dir, a.results_root, a.figures_root,
                            not a.no_aggregate, a.timeout)
     except (ConfigError, results.LockUnsupportedError) as err:

@@ -43,6 +43,26 @@ PROFILE_KEYS = {"description", "defaults", "grid", "overrides"}
 GRID_KEYS = {"backbone", "dataset", "variant", "seed", "label_mode", "image_size", "loss_weights", "exits"}
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(ROOT, "notebooks", "elastic_experiment.ipynb")
+INTERACTIVE_ENV = "ELASTIC_INTERACTIVE_DIR"
+
+
+def interactive_dir() -> str:
+    """Where runs and aggregations started by hand (JupyterLab, a script) write when no output
+    folder is given: ``$ELASTIC_INTERACTIVE_DIR``, else ``results/interactive`` (git-ignored).
+    The test session points it at a temporary folder, so nbval never touches a user's runs."""
+    return os.path.abspath(os.environ.get(INTERACTIVE_ENV) or os.path.join(ROOT, "results", "interactive"))
+
+
+def display_path(path: str) -> str:
+    """A path as the notebooks print it: inside ``$ELASTIC_INTERACTIVE_DIR`` relative to it,
+    inside the repo relative to the repo, else as it is (never the machine's repo path)."""
+    path = os.path.abspath(path)
+    if os.environ.get(INTERACTIVE_ENV):
+        rel = os.path.relpath(path, interactive_dir())
+        if not rel.startswith(".."):
+            return os.path.join(f"${INTERACTIVE_ENV}", rel) if rel != "." else f"${INTERACTIVE_ENV}"
+    rel = os.path.relpath(path, ROOT)
+    return path if rel.startswith("..") else rel
 
 
 class ConfigError(ValueError):
@@ -93,7 +113,8 @@ class RunConfig:
     data_dir: str = _p("", "folder holding the CIFAR archive (empty: $ELASTIC_DATA_DIR, Keras cache, or download)",
                        plumbing=True)
     strategy: str = _p("default", "default | mirrored (tf.distribute, multi-GPU)", plumbing=True)
-    output_dir: str = _p("", "run directory (empty: results/interactive/<run id>)", plumbing=True)
+    output_dir: str = _p("", "run directory (empty: $ELASTIC_INTERACTIVE_DIR or results/interactive, /<run id>)",
+                         plumbing=True)
     write_done: bool = _p(True, "run_all.sh sets False and writes DONE itself, after saving this notebook",
                           plumbing=True)
 
@@ -167,7 +188,7 @@ class RunConfig:
         return rid + (f"__seed{self.seed}" if with_seed else "")
 
     def run_dir(self) -> str:
-        return self.output_dir or os.path.join(ROOT, "results", "interactive", self.run_id())
+        return self.output_dir or os.path.join(interactive_dir(), self.run_id())
 
     def to_dict(self) -> dict:
         """Every field (what papermill passes to the notebook)."""

@@ -49,12 +49,12 @@ def output_metrics(probs: np.ndarray, y: np.ndarray, num_classes: int) -> dict:
 
 
 def exits_table(probs: list[np.ndarray], y: np.ndarray, num_classes: int, names: list[str]) -> pd.DataFrame:
-    """One row per output, e.g. ``exit01 .. final``; ``top1_count`` in the Inception-v4 report
-    style (``#top-1 = 40041 of 50000`` counts correct predictions)."""
+    """One row per output, e.g. ``exit01 .. final``; every column numeric (``top1_correct`` of
+    ``n`` counts the correct predictions, what the Inception-v4 report prints as ``#top-1``)."""
     rows = []
     for name, p in zip(names, probs):
         m = output_metrics(p, y, num_classes)
-        m["top1_count"] = f"#top-1 = {m['n'] - m['top1_errors']} of {m['n']}"
+        m["top1_correct"] = m["n"] - m["top1_errors"]
         rows.append({"output": name, **m})
     return pd.DataFrame(rows)
 

@@ -36,13 +36,28 @@ def _failpoint(path: str) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux allows (thread-safe)."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_text(path: str, text: str) -> None:
-    """Write ``text`` to a temp file in the same folder, fsync, then rename over ``path``."""
+    """Write ``text`` to a temp file in the same folder, fsync, then rename over ``path``. The
+    file gets the mode a plain ``open`` would give (0666 minus the umask: 0644 typically), not
+    the temp file's private 0600, so group members on shared storage can read results."""
     _failpoint(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp_", dir=folder)
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()

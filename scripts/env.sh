@@ -17,4 +17,6 @@ fi
 export PATH="$VENV/bin:$PATH"
 export TF_ENABLE_ONEDNN_OPTS=0 TF_CPP_MIN_LOG_LEVEL=2 KERAS_BACKEND=tensorflow PYTHONHASHSEED=0
 export PYDEVD_DISABLE_FILE_VALIDATION=1
+# Jupyter servers started from this env load jupyter_config/ (templates are never saved).
+export JUPYTER_CONFIG_PATH="$ROOT/jupyter_config${JUPYTER_CONFIG_PATH:+:$JUPYTER_CONFIG_PATH}"
 cd "$ROOT"

@@ -124,3 +124,25 @@ def test_kill_and_rerun_completes_like_an_uninterrupted_run(tmp_path):
             assert len(df) == len(ref)
     pd.testing.assert_frame_equal(_table(clean, "kill"), _table(killed, "kill"))
     assert not list(killed.rglob(".tmp_*"))
+
+
+def test_aggregate_only_tables_and_figures_of_completed_runs(tmp_path):
+    """What slurm/aggregate.sbatch runs after the array job: the aggregation alone, into the
+    profile's folders (here copies), the run directories untouched."""
+    import shutil
+
+    shutil.copytree(ROOT / "results" / "smoke", tmp_path / "results" / "smoke",
+                    ignore=shutil.ignore_patterns("table_error_flops*", "aggregate.ipynb", "reproducibility"))
+    runs_before = {p: p.read_bytes() for p in (tmp_path / "results" / "smoke").rglob("*") if p.is_file()}
+    out = run_batch("smoke", tmp_path, "--aggregate-only")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert (tmp_path / "results" / "smoke" / "table_error_flops.md").is_file()
+    assert (tmp_path / "results" / "smoke" / "aggregate.ipynb").is_file()
+    assert sorted(p.name for p in (tmp_path / "figures" / "smoke").glob("*.png")) == sorted(
+        p.name for p in (ROOT / "figures" / "smoke").glob("*.png"))
+    assert all(p.read_bytes() == b for p, b in runs_before.items())
+
+
+def test_aggregate_only_without_completed_runs_says_so(tmp_path):
+    out = run_batch("smoke", tmp_path, "--aggregate-only")
+    assert out.returncode == 1 and "no completed run of profile 'smoke'" in out.stdout

@@ -68,7 +68,7 @@ def test_experiment_params_leave_the_plumbing_out():
 
 def test_control_plane_imports_no_tensorflow_or_keras():
     code = ("import sys, elastic_lib, elastic_lib.config, elastic_lib.batch, elastic_lib.results, "
-            "elastic_lib.reproducibility\n"
+            "elastic_lib.reproducibility, elastic_lib.templates\n"
             "heavy = sorted(m for m in ('tensorflow', 'keras') if m in sys.modules)\n"
             "assert not heavy, heavy")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)

@@ -1,5 +1,6 @@
 """Per-output metrics against numpy / scikit-learn computed independently here."""
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn.metrics import f1_score
 
@@ -66,8 +67,10 @@ def test_exits_table(arrays):
     assert list(t["output"]) == NAMES
     for i, p in enumerate(probs):
         correct = int((p.argmax(1) == y).sum())
-        assert t.loc[i, "top1_count"] == f"#top-1 = {correct} of {N}"
+        assert t.loc[i, "top1_correct"] == correct
         assert t.loc[i, "top1_errors"] == N - correct
+    text = [c for c in t.columns if not pd.api.types.is_numeric_dtype(t[c])]
+    assert text == ["output"], f"only the output name may be text, not {text}"
 
 
 def test_per_class_table(arrays):

@@ -1,0 +1,47 @@
+"""Session-wide test settings. At the repo root, so `pytest --nbval notebooks/` gets them too.
+
+- Interactive outputs (runs and aggregations started without an output folder, i.e. what the
+  template notebooks write under nbval) go to a temporary ``$ELASTIC_INTERACTIVE_DIR``, never to
+  the user's ``results/interactive/`` nor to tracked files.
+- The session must leave ``git status`` as it found it: a test run that changed, created or
+  deleted a tracked or unignored file fails, naming the files.
+"""
+import os
+import shutil
+import subprocess
+import tempfile
+
+import pytest
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _git_status() -> str | None:
+    try:
+        proc = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return proc.stdout if proc.returncode == 0 else None
+
+
+def pytest_configure(config):
+    config._elastic_interactive = tempfile.mkdtemp(prefix="elastic-interactive-")
+    os.environ["ELASTIC_INTERACTIVE_DIR"] = config._elastic_interactive
+    config._elastic_git_before = _git_status()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    before = getattr(session.config, "_elastic_git_before", None)
+    after = _git_status()
+    if before is None or after is None or after == before:
+        return
+    changed = sorted(set(after.splitlines()) ^ set(before.splitlines()))
+    session.config.get_terminal_writer().line(
+        "tests changed the working tree (git status differs before/after the session):\n  "
+        + "\n  ".join(changed), red=True)
+    if session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(getattr(config, "_elastic_interactive", ""), ignore_errors=True)
