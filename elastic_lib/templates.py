@@ -34,13 +34,18 @@ def is_template(os_path: str) -> bool:
     return os.path.realpath(os_path) in template_paths()
 
 
+def is_guarded(os_path: str) -> bool:
+    """A template, and no deliberate edit asked for (``ELASTIC_EDIT_TEMPLATES=1``)."""
+    return os.environ.get(EDIT_ENV) != "1" and is_template(os_path)
+
+
 def refuse_template_save(model=None, path: str = "", contents_manager=None, **_kwargs) -> None:
     """Jupyter server pre-save hook: refuse to overwrite a template (HTTP 403 with the reason)."""
-    if os.environ.get(EDIT_ENV) == "1" or contents_manager is None:
+    if contents_manager is None:
         return
     get_os_path = getattr(contents_manager, "_get_os_path", None)
     os_path = get_os_path(path) if get_os_path else os.path.join(contents_manager.root_dir, path)
-    if is_template(os_path):
+    if is_guarded(os_path):
         from tornado import web
 
         name = os.path.basename(path)
@@ -56,9 +61,7 @@ def guarded_contents_manager():
 
     class TemplateGuardContentsManager(AsyncLargeFileManager):
         def is_writable(self, path):
-            if os.environ.get(EDIT_ENV) != "1" and is_template(self._get_os_path(path)):
-                return False
-            return super().is_writable(path)
+            return not is_guarded(self._get_os_path(path)) and super().is_writable(path)
 
     return TemplateGuardContentsManager
 
