@@ -128,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("check", help="compare the templates' kernel metadata with this environment's")
     a = ap.parse_args(argv)
     if a.cmd == "refresh":
+        unknown = [n for n in a.names if n not in TEMPLATES]
+        if unknown:
+            ap.error(f"not a template: {', '.join(unknown)}; the templates are {', '.join(TEMPLATES)}")
         for rel in refresh(a.names or None):
             print("refreshed", rel)
         return 0

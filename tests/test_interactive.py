@@ -45,6 +45,13 @@ def test_personal_copies_and_deliberate_edits_are_saved(monkeypatch):
     templates.refuse_template_save({}, templates.TEMPLATES[0], FakeContentsManager(ROOT))
 
 
+def test_refresh_refuses_a_notebook_that_is_not_a_template(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        templates.main(["refresh", "notebooks/nope.ipynb"])
+    assert exit_.value.code == 2
+    assert "not a template: notebooks/nope.ipynb" in capsys.readouterr().err
+
+
 def test_jupyter_server_loads_the_hook_from_the_repo_config():
     """The server config that ./lab.sh (JUPYTER_CONFIG_PATH) loads names the hook, and it imports."""
     from traitlets.config import PyFileConfigLoader
