@@ -9,9 +9,9 @@ from . import plots, results
 from .config import ROOT, interactive_dir
 
 METRICS = [("final_top1_err_pct", "err_final"), ("best_top1_err_pct", "err_best_output"),
-           ("min_exit_top1_err_pct", "err_min_output_test"),
+           ("clean_protocol_top1_err_pct", "err_clean_protocol"), ("paper_protocol_top1_err_pct", "err_paper_protocol"),
            ("final_top5_err_pct", "top5_err_final"), ("final_macro_f1", "macro_f1_final"), ("final_loss", "loss_final")]
-MODEL_COLS = [("final_kernel_macs", "kernel_macs_final"), ("final_flops", "flops_final"),
+MODEL_COLS = [("final_kernel_macs", "kernel_macs_final"), ("final_flops", "flops_final"), ("final_params", "params_final"),
               ("total_params", "total_params"), ("trainable_params", "trainable_params"),
               ("non_trainable_params", "non_trainable_params"), ("final_latency_ms", "latency_ms_final")]
 
@@ -25,6 +25,8 @@ def paper_errors() -> pd.DataFrame:
     dataset; ResNet50's elastic number is the 'exits after all 16 residual blocks' row."""
     ref = pd.read_csv(os.path.join(reference_dir(), "paper_table1.csv"))
     ref = ref[~ref["note"].fillna("").str.contains("ResNet-50-5")]
+    # resnet50_legacy is the paper's ResNet50 (Keras 2.1.5 topology): it stands beside the same row
+    ref = pd.concat([ref, ref[ref["backbone"] == "resnet50"].assign(backbone="resnet50_legacy")])
     long = pd.concat([ref.assign(variant="baseline", paper_err_pct=ref["baseline_error_pct"]),
                       ref.assign(variant="elastic", paper_err_pct=ref["elastic_error_pct"])])
     return long[["backbone", "dataset", "variant", "paper_err_pct"]]
@@ -72,14 +74,17 @@ def markdown_table(long: pd.DataFrame, convention: str = "kernel_macs") -> str:
         for ds in datasets:
             r = d.loc[ds] if ds in d.index else None
             cells = {"err final (%)": ("err_final", None), "err best output, val-selected (%)": ("err_best_output", None),
-                     "err best output, test-selected as in the paper (%)": ("err_min_output_test", None),
+                     "err clean protocol: val-selected checkpoint, better of last exit/final on val (%)":
+                         ("err_clean_protocol", None),
+                     "err paper protocol: min over phase-2 epochs on test, better of last exit/final (%)":
+                         ("err_paper_protocol", None),
                      "top-5 err (%)": ("top5_err_final", None), "macro-F1": ("macro_f1_final", ".4f"),
                      "loss": ("loss_final", ".4f")}
             for head, (key, fmt) in cells.items():
                 row[f"{ds} {head}"] = ("" if r is None else
                                        _pm(r[f"{key}_mean"], r[f"{key}_std"]) if fmt is None else
                                        format(r[f"{key}_mean"], fmt))
-            row[f"{ds} paper err (%)"] = "" if r is None or pd.isna(r["paper_err_pct"]) else f"{r['paper_err_pct']:.2f}"
+            row[f"{ds} paper's Table I err, paper protocol (%)"] = "" if r is None or pd.isna(r["paper_err_pct"]) else f"{r['paper_err_pct']:.2f}"
         first = d.iloc[0]
         row[f"FLOPs final ({convention}, {datasets[0]})"] = f"{first[f'{convention}_final_mean'] / 1e6:.2f}M"
         for col, name in (("total_params", "params total"), ("trainable_params", "trainable"),
@@ -88,6 +93,83 @@ def markdown_table(long: pd.DataFrame, convention: str = "kernel_macs") -> str:
         row["seeds"] = str(int(first["n_seeds"]))
         rows.append(row)
     return pd.DataFrame(rows).to_markdown(index=False, tablefmt="github", disable_numparse=True) + "\n"
+
+
+# The paper's model names (Table I); others fall back to the registry name.
+PAPER_NAMES = {"mobilenet_0.75": "MobileNet (α = 0.75)", "inception_v3": "Inception-V3", "resnet50": "ResNet-50",
+               "resnet50_legacy": "ResNet-50 (Keras 2.1.5)", "densenet121": "DenseNet-121",
+               "densenet169": "DenseNet-169", "vgg16": "VGG-16", "mobilenet_v2": "MobileNetV2",
+               "efficientnet_b0": "EfficientNet-B0"}
+DATASET_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "digits": "digits", "cifar100coarse": "CIFAR-100 (coarse)"}
+
+
+def paper_name(backbone: str, variant: str) -> str:
+    name = PAPER_NAMES.get(backbone, backbone)
+    return f"Elastic-{name}" if variant == "elastic" else name
+
+
+def _err_cell(r) -> str:
+    """clean · paper protocol [the paper's Table I value]."""
+    if r is None:
+        return ""
+    ref = "" if pd.isna(r["paper_err_pct"]) else f" [{r['paper_err_pct']:.2f}]"
+    return (f"{_pm(r['err_clean_protocol_mean'], r['err_clean_protocol_std'])} · "
+            f"{_pm(r['err_paper_protocol_mean'], r['err_paper_protocol_std'])}{ref}")
+
+
+def paper_table(long: pd.DataFrame) -> str:
+    """Table I's layout: one row per model, per dataset one error column, then the final
+    output's kernel MACs and params per dataset (each dataset's model has its own head)."""
+    datasets = [d for d in ("cifar10", "cifar100") if d in set(long["dataset"])] + sorted(
+        set(long["dataset"]) - {"cifar10", "cifar100"})
+    from .backbones import list_backbones
+
+    order = {b: i for i, b in enumerate(list_backbones())}  # the registry lists Table I's models in its order
+    long = long.sort_values(["backbone", "variant"], key=lambda c: c.map(order) if c.name == "backbone" else c,
+                            kind="stable")
+    rows = []
+    for (bb, var), d in long.groupby(["backbone", "variant"], sort=False):
+        d = d.set_index("dataset")
+        row = {"model": paper_name(bb, var)}
+        for ds in datasets:
+            row[f"{DATASET_NAMES.get(ds, ds)} top-1 error (%): clean · paper protocol [paper]"] = _err_cell(
+                d.loc[ds] if ds in d.index else None)
+        present = [ds for ds in datasets if ds in d.index]
+        row["FLOPs of the final output (kernel MACs, M)" + (" per dataset" if len(datasets) > 1 else "")] = " · ".join(
+            f"{d.loc[ds, 'kernel_macs_final_mean'] / 1e6:,.1f}" for ds in present)
+        row["params of the final output" + (" per dataset" if len(datasets) > 1 else "")] = " · ".join(
+            f"{int(d.loc[ds, 'params_final_mean']):,}" for ds in present)
+        rows.append(row)
+    return pd.DataFrame(rows).to_markdown(index=False, tablefmt="github", disable_numparse=True) + "\n"
+
+
+def caption(profile: str, profile_dir: str, long: pd.DataFrame) -> str:
+    """How the numbers were made, from the runs' params.yaml: size, weights, data, epochs,
+    seeds, protocols, convention, commits."""
+    docs = {r: results.read_params_yaml(r) for r in results.completed_runs(profile_dir)}
+    runs = [results.read_params(r, with_plumbing=True, doc=d) for r, d in docs.items()]
+    envs = [d.get("environment") or {} for d in docs.values()]
+
+    def values(key, fmt=str):
+        return ", ".join(sorted({fmt(p[key]) for p in runs}))
+
+    commits = sorted({(e.get("git_commit") or "?")[:7] + (" with uncommitted changes" if e.get("git_dirty") else "")
+                      for e in envs})
+    data = values("limit_per_class", lambda v: "all training images" if not v else f"the first {v} training images per class")
+    source = values("data_dir", lambda v: f"the archives in `{v}`" if v else "the embedded or downloaded data")
+    tests = results.collect(profile_dir, "exits.csv").groupby("dataset")["n"].max()
+    data += (f" (a fraction {values('val_fraction')} of them for validation) from {source}; test images: "
+             + ", ".join(f"{DATASET_NAMES.get(k, k)} {int(v):,}" for k, v in tests.items()))
+    seeds = sorted({p["seed"] for p in runs})
+    return (f"Profile `{profile}`: {len(runs)} runs; {values('image_size')} px; weights "
+            f"{values('weights', lambda v: v or 'random init')}; {data}; up to {values('phase1_epochs')} + {values('phase2_epochs')} epochs "
+            f"(phase 1 + phase 2); seeds {', '.join(map(str, seeds))} (mean ± std over seeds when more than one). "
+            "Errors: **clean protocol** = the best-val_loss checkpoint tested once, of the last exit and the final head "
+            "the one with the lower validation error; **paper protocol** = every output tested after each phase-2 "
+            "epoch, the minimum over epochs of the better of the last exit and the final head (test-selected, as "
+            "the original code); [paper] = the paper's Table I (ImageNet weights, 224 px, full CIFAR, paper "
+            f"protocol). FLOPs in the original code's convention (kernel MACs). Commit(s): {', '.join(commits)}. "
+            "Top-5, F1, loss, best output, latency: `table_diagnostics.md`.\n")
 
 
 def machine_caption(profile_dir: str) -> str:
@@ -137,9 +219,13 @@ def write_all(profile: str, results_root: str | None = None, tables_dir: str | N
     written["long"] = results.write_csv(out_dir, "table_error_flops_long.csv", long)
     written["table"] = results.write_csv(out_dir, "table_error_flops.csv", wide_table(long))
     md = os.path.join(out_dir, "table_error_flops.md")
-    results.atomic_write_text(md, f"<!-- generated by elastic_lib.aggregate from results/{profile}/*/summary.csv -->\n"
-                              + markdown_table(long) + "\n" + machine_caption(profile_dir))
+    header = f"<!-- generated by elastic_lib.aggregate from results/{profile}/*/summary.csv -->\n"
+    results.atomic_write_text(md, header + paper_table(long) + "\n" + caption(profile, profile_dir, long) + "\n"
+                              + machine_caption(profile_dir))
     written["markdown"] = md
+    diag = os.path.join(out_dir, "table_diagnostics.md")
+    results.atomic_write_text(diag, header + markdown_table(long) + "\n" + machine_caption(profile_dir))
+    written["diagnostics"] = diag
 
     summary = results.collect(profile_dir, "summary.csv")
     exits = results.collect(profile_dir, "exits.csv")
@@ -147,16 +233,21 @@ def write_all(profile: str, results_root: str | None = None, tables_dir: str | N
     sweeps = results.collect(profile_dir, "early_exit.csv")
     baselines = summary[summary["variant"] == "baseline"]
     figs = {}
+    policies = results.collect(profile_dir, "early_exit_summary.csv")
+    paper_exits = pd.read_csv(os.path.join(reference_dir(), "per_exit_errors.csv")) if profile.startswith("paper") else None
     for ds in sorted(exits["dataset"].unique()):
         if (exits[(exits["dataset"] == ds)]["variant"] == "elastic").any():
-            figs[f"error_vs_depth_{ds}"] = plots.depth_curves(exits, baselines, ds)
+            figs[f"error_vs_depth_{ds}"] = plots.depth_curves(exits, baselines, ds, paper_exits)
         if not sweeps.empty and (sweeps["dataset"] == ds).any():
-            figs[f"early_exit_accuracy_vs_flops_{ds}"] = plots.early_exit_curves(sweeps, ds)
+            figs[f"early_exit_error_vs_kernel_macs_{ds}"] = plots.early_exit_curves(sweeps, exits, summary, policies, ds)
     figs["baseline_vs_elastic_error"] = plots.baseline_vs_elastic_bars(summary)
     figs["training_curves"] = plots.all_training_curves(history)
     sd = same_depth(profile_dir, summary)
     if not sd.empty:
         figs["same_depth_comparison"] = plots.same_depth_bars(sd)
+        raw = results.collect(profile_dir, "same_depth.csv")
+        for ds in sorted(raw["dataset"].unique()):
+            figs[f"same_depth_error_vs_kernel_macs_{ds}"] = plots.same_depth_curve(exits, summary, raw, ds)
     written["figures"] = []
     for name, fig in figs.items():
         written["figures"] += plots.save(fig, os.path.join(fig_dir, name))

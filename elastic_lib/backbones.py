@@ -126,7 +126,8 @@ def resnet50_legacy(input_shape=(224, 224, 3), weights=None):
     return model
 
 
-_RESNET_TAPS = _names_matching(r"conv\d_block\d+_out")
+# The original code taps each residual ``add`` (Keras 2.1.5's ``add_N``), before the block's ReLU.
+_RESNET_TAPS = _names_matching(r"conv\d_block\d+_add")
 
 REGISTRY: dict[str, Backbone] = {b.name: b for b in [
     Backbone("mobilenet_0.75", "MobileNet", _names_matching(r"conv_pw_\d+_relu"), 32, "mobilenet", True,
@@ -166,6 +167,11 @@ def check_image_size(name: str, image_size: int) -> None:
     if image_size < b.min_size:
         raise ValueError(f"image_size={image_size} is below {name}'s minimum input size {b.min_size}; "
                          f"use image_size >= {b.min_size} (the paper used 224)")
+
+
+def weights_file(weights_dir: str, name: str) -> str:
+    """Where ``python -m elastic_lib.weights download`` keeps ``name``'s ImageNet no-top weights."""
+    return os.path.join(weights_dir, f"{name}_imagenet_notop.weights.h5")
 
 
 def check_weights(name: str, weights) -> None:

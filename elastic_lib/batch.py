@@ -3,8 +3,9 @@
 Skips runs already DONE, continues past failing runs and lists them at the end (exit code 1),
 shows progress with elapsed time and ETA, then runs the aggregation notebook. A run directory
 is locked while its notebook runs, its CSVs are written atomically, and DONE is written last,
-after the executed notebook: killing the batch at any point loses only the run in flight,
-which the next invocation redoes from scratch.
+after the executed notebook: killing the batch at any point loses at most the epoch in flight;
+the next invocation resumes that run from its last finished epoch (``--force`` starts over).
+While a run trains, its phase, epoch, validation accuracy and ETA are printed as they change.
 """
 from __future__ import annotations
 
@@ -49,6 +50,8 @@ def strip_volatile(path: str) -> None:
         nb = json.load(f)
     for cell in nb.get("cells", []):
         md = cell.get("metadata", {})
+        if "injected-parameters" in md.get("tags", []):
+            cell["id"] = "injected-parameters"  # papermill gives it a random id on every execution
         for key in VOLATILE_CELL_KEYS:
             md.pop(key, None)
         pm = md.get("papermill")
@@ -68,10 +71,29 @@ def _notebook_cmd(notebook: str, out: str, params_file: str) -> list[str]:
             "--parent-pid", str(os.getpid())]
 
 
+PROGRESS_EVERY_S = float(os.environ.get("ELASTIC_PROGRESS_S", "30"))
+
+
+def progress_line(run_dir: str) -> str | None:
+    """The in-flight state of a run, from the progress.json its training writes after every
+    epoch: phase, epoch/total, last validation accuracy, ETA of the phase."""
+    try:
+        with open(os.path.join(run_dir, "progress.json")) as f:
+            p = json.load(f)
+    except (OSError, ValueError):
+        return None
+    acc = f", val acc {p['val_accuracy']:.4f}" if p.get("val_accuracy") is not None else ""
+    return (f"phase {p['phase']} epoch {p['epoch']}/{p['epochs']}{acc}, {_fmt(p['epoch_s'])}/epoch, "
+            f"phase ETA {_fmt(p['eta_phase_s'])}")
+
+
 class Runner:
-    def __init__(self, timeout_s: float | None = None):
+    def __init__(self, timeout_s: float | None = None, out=None, label: str = ""):
         self.child: subprocess.Popen | None = None
         self.timeout_s = timeout_s
+        self.out, self.label = out, label
+        self.folder: str | None = None
+        self.shown: str | None = None
 
     def execute(self, notebook: str, out: str, params: dict, lock_fd: int | None = None) -> tuple[bool, str]:
         """Run ``notebook`` with papermill into ``out`` (via a .partial file); (ok, log tail)."""
@@ -88,7 +110,7 @@ class Runner:
                                           stderr=subprocess.STDOUT, start_new_session=True,
                                           pass_fds=(lock_fd,) if lock_fd is not None else ())
             try:
-                code = self.child.wait(timeout=self.timeout_s)
+                code = self._wait(folder)
             except subprocess.TimeoutExpired:
                 self.kill()
                 code = -1
@@ -101,6 +123,25 @@ class Runner:
         strip_volatile(partial)
         os.replace(partial, out)
         return True, tail
+
+    def _wait(self, folder: str) -> int:
+        """The child's exit code; meanwhile its progress line whenever it changes."""
+        start, self.folder, self.shown = time.monotonic(), folder, None
+        while True:
+            left = None if self.timeout_s is None else self.timeout_s - (time.monotonic() - start)
+            if left is not None and left <= 0:
+                raise subprocess.TimeoutExpired("notebook", self.timeout_s)
+            try:
+                return self.child.wait(timeout=min(PROGRESS_EVERY_S, left) if left is not None else PROGRESS_EVERY_S)
+            except subprocess.TimeoutExpired:
+                self.show_progress()
+
+    def show_progress(self) -> None:
+        """Print the run's progress line if it changed since it was last printed."""
+        line = progress_line(self.folder) if self.out is not None and self.folder else None
+        if line and line != self.shown:
+            print(f"  {self.label}: {line}", file=self.out, flush=True)
+            self.shown = line
 
     def kill(self) -> None:
         if self.child is not None and self.child.poll() is None:
@@ -162,7 +203,7 @@ def _prepare(profile: str, only: str | None, data_dir: str | None, results_root:
     return prof, runs
 
 
-def run_one(cfg, force: bool, timeout_s: float | None, runners: list) -> tuple[str, bool, str]:
+def run_one(cfg, force: bool, timeout_s: float | None, runners: list, out=None) -> tuple[str, bool, str]:
     """One run under its directory's lock: (run name, ok, message). DONE is written last."""
     rid = os.path.basename(cfg.output_dir)
     fd = results.try_lock(cfg.output_dir)
@@ -172,8 +213,10 @@ def run_one(cfg, force: bool, timeout_s: float | None, runners: list) -> tuple[s
     try:
         if not force and results.is_done(cfg.output_dir):
             return rid, True, "already DONE"
-        results.clear_run(cfg.output_dir)
-        runner = Runner(timeout_s)
+        results.clear_run(cfg.output_dir)  # keeps resume/: an interrupted run goes on from its last epoch
+        if force:  # --force starts over
+            results.remove_tree(os.path.join(cfg.output_dir, "resume"))
+        runner = Runner(timeout_s, out, rid)
         runners.append(runner)
         # paths relative to the repo root (the notebooks' working directory), so executed notebooks
         # and params.yaml never record this machine's layout
@@ -202,6 +245,7 @@ def _run_all(todo, jobs: int, force: bool, timeout_s: float | None, out) -> list
 
     def on_signal(signum, _frame):
         for rn in runners:
+            rn.show_progress()  # where it stood, even if the last poll had not shown it yet
             rn.kill()
         print(f"\ninterrupted by signal {signum}: finished runs are kept; rerun to complete the rest", file=out)
         sys.exit(128 + signum)
@@ -209,7 +253,7 @@ def _run_all(todo, jobs: int, force: bool, timeout_s: float | None, out) -> list
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         def one(cfg):
-            return run_one(cfg, force, timeout_s, runners)
+            return run_one(cfg, force, timeout_s, runners, out)
 
         if jobs <= 1:
             iterator = map(one, todo)
@@ -243,10 +287,51 @@ def _aggregate(prof, profile_dir: str, figures_root: str | None, timeout_s: floa
     return None if ok else _error_summary(tail)
 
 
+def gpus() -> list[str]:
+    """NVIDIA GPUs that ``nvidia-smi -L`` lists (the same test scripts/tf_flavour.sh makes to
+    install the CUDA build of TensorFlow); no TensorFlow import."""
+    try:
+        listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [ln.strip() for ln in listing.splitlines() if ln.startswith("GPU ")]
+
+
+def cpu_estimate(runs, dryrun_dir: str = os.path.join(ROOT, "results", "paper-dryrun")) -> str:
+    """A rough CPU time for ``runs`` at their full size, from the batch-1 final-output latency that
+    results/paper-dryrun measured per backbone and dataset on a 2-core CPU: per epoch, 3 forward
+    passes' worth per training image plus one per validation and test image (CIFAR: 40k/10k/10k)."""
+    import csv
+
+    lat = {}
+    for r in runs:
+        path = os.path.join(dryrun_dir, os.path.basename(r.output_dir), "summary.csv")
+        if os.path.isfile(path):
+            with open(path) as f:
+                lat[r.output_dir] = float(next(csv.DictReader(f))["final_latency_ms"]) / 1000
+    if len(lat) < len(runs):
+        return "no estimate: results/paper-dryrun lacks some of these runs"
+    per_epoch = sum(lat.values()) * (40_000 * 3 + 10_000 + 10_000)
+    max_epochs = max(r.phase1_epochs + r.phase2_epochs for r in runs)
+    return (f"roughly {per_epoch / 86400:.1f} days per epoch of every run, up to {per_epoch * max_epochs / 86400:.0f} "
+            f"days for {max_epochs} epochs (batch-1 latencies measured by results/paper-dryrun on a 2-core CPU)")
+
+
 def run_profile(profile: str, only: str | None = None, jobs: int = 1, force: bool = False,
                 data_dir: str | None = None, results_root: str | None = None, figures_root: str | None = None,
-                aggregate: bool = True, timeout_s: float | None = None, out=sys.stdout) -> int:
+                aggregate: bool = True, timeout_s: float | None = None, out=sys.stdout,
+                allow_cpu: bool = False) -> int:
     prof, runs = _prepare(profile, only, data_dir, results_root)
+    if prof.requires_gpu and not allow_cpu and runs:
+        found = gpus()
+        if not found:
+            print(f"error: profile {prof.name!r} is meant for a GPU box (ImageNet weights, 224 px, up to "
+                  f"{max(r.phase1_epochs + r.phase2_epochs for r in runs)} epochs over the full CIFAR sets) and "
+                  f"`nvidia-smi -L` lists no NVIDIA GPU here. On this CPU it would take {cpu_estimate(runs)}. "
+                  "Run it on a GPU box (./run_all.sh installs tensorflow[and-cuda] there), or its CPU rehearsal "
+                  "--profile paper-dryrun, or pass --allow-cpu to train on the CPU anyway.", file=sys.stderr)
+            return 2
+        print(f"GPU: {'; '.join(found)}", file=out)
     if not runs:
         print(f"no run of profile {profile!r} matches --only {only!r}; runs: "
               f"{', '.join(r.run_id() for r in prof.runs)}", file=out)
@@ -304,6 +389,8 @@ def main(argv=None) -> int:
     ap.add_argument("--aggregate-only", action="store_true",
                     help="only the aggregation notebook over the completed runs (e.g. after a SLURM array)")
     ap.add_argument("--timeout", type=float, default=None, help="seconds per run before it is killed")
+    ap.add_argument("--allow-cpu", action="store_true",
+                    help="run a profile marked requires_gpu (paper) on a machine without an NVIDIA GPU")
     ap.add_argument("--list", action="store_true", help="list the runs of the profile and exit")
     a = ap.parse_args(argv)
     try:
@@ -314,7 +401,7 @@ def main(argv=None) -> int:
         if a.aggregate_only:
             return aggregate_profile(a.profile, a.results_root, a.figures_root, a.timeout)
         return run_profile(a.profile, a.only, a.jobs, a.force, a.data_dir, a.results_root, a.figures_root,
-                           not a.no_aggregate, a.timeout)
+                           not a.no_aggregate, a.timeout, allow_cpu=a.allow_cpu)
     except (ConfigError, results.LockUnsupportedError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

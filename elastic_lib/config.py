@@ -8,9 +8,13 @@ and papermill are checked against it, and training reads its options from it.
 A profile (``experiments/<name>.yaml``) is a grid of runs::
 
     description: ...
+    base: paper                                             # optional: start from another profile
     defaults: {dataset: digits, image_size: 32, ...}       # any RunConfig field
     grid: {backbone: [...], dataset: [...], variant: [elastic, baseline], seed: [0]}
     overrides: {resnet50: {learning_rate: 0.05}}            # per backbone (or per run id)
+
+With ``base``, the base profile's defaults, grid and overrides come first and this file's
+entries replace theirs key by key (``paper-dryrun`` is ``paper`` at a small scale).
 
 Every key and type is checked once, up front, with errors that name the bad value and the
 valid ones. This module is the light control plane's schema: it imports neither TensorFlow
@@ -38,8 +42,11 @@ EXIT_CHOICES = ("none", "all", "deeper_half")
 FINAL_HEADS = ("flatten", "gap")
 LOSS_WEIGHT_SCHEMES = ("uniform", "depth", "linear")
 CRITERIA = ("max_prob", "entropy")
+PREPROCESS = ("native", "inception")
+FROZEN_BN = ("inference", "batch_stats")
+PRECISIONS = ("float32", "mixed_float16")
 STRATEGIES = ("default", "mirrored")
-PROFILE_KEYS = {"description", "defaults", "grid", "overrides"}
+PROFILE_KEYS = {"description", "base", "requires_gpu", "defaults", "grid", "overrides"}
 GRID_KEYS = {"backbone", "dataset", "variant", "seed", "label_mode", "image_size", "loss_weights", "exits"}
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(ROOT, "notebooks", "elastic_experiment.ipynb")
@@ -86,18 +93,25 @@ class RunConfig:
     exits: str = _p("all", "all | deeper_half | comma-separated layer names (elastic only)")
     final_head: str = _p("flatten", "flatten (original: Flatten-Dropout-Dense) | gap")
     weights: str = _p("", '"" random init | imagenet | path to a local no-top weights file')
-    dropout: float = _p(0.2, "dropout in every head")
+    extra_exits: str = _p("", "comma-separated layer names tapped in addition to `exits` (e.g. paper Fig. 6's equal-depth tap); "
+                      "a baseline ignores it, as it ignores `exits`")
+    dropout: float = _p(0.2, "dropout in every head, the baseline's final head included (original code)")
+    preprocess: str = _p("native", "native (each backbone's preprocess_input) | inception ([-1, 1] for all, original code)")
     loss_weights: str = _p("uniform", "uniform (paper) | depth (original weight-Depth) | linear")
     phase1_epochs: int = _p(1, "phase 1: backbone frozen, heads train")
     phase2_epochs: int = _p(3, "phase 2: all layers train")
     batch_size: int = _p(32, "images per training and evaluation batch")
     learning_rate: float = _p(0.01, "SGD, phase 1 (paper with ImageNet weights: 1e-3)")
     phase2_learning_rate: float = _p(0.01, "SGD, phase 2")
-    momentum: float = _p(0.9, "SGD momentum")
+    momentum: float = _p(0.9, "SGD momentum, phase 1")
+    phase2_momentum: float = _p(0.9, "SGD momentum, phase 2 (original code: 0, plain SGD)")
+    frozen_bn: str = _p("inference", "phase 1 frozen BatchNorm: inference (Keras 3) | batch_stats (Keras 2.1.5, original)")
     bn_momentum: float = _p(0.9, "BatchNorm momentum; 0 keeps Keras' 0.99 (fine for long/pretrained runs)")
     reduce_lr_factor: float = _p(0.1, "ReduceLROnPlateau: learning rate x this factor on a val_loss plateau")
     reduce_lr_patience: int = _p(5, "ReduceLROnPlateau: epochs without val_loss improvement")
+    reduce_lr_cooldown: int = _p(0, "ReduceLROnPlateau: epochs to wait after a reduction (original: 1)")
     early_stopping_patience: int = _p(10, "EarlyStopping on val_loss (best weights are kept)")
+    early_stopping_min_delta: float = _p(0.0, "EarlyStopping: smallest val_loss decrease that counts (original: 1e-4)")
     min_lr: float = _p(1e-05, "ReduceLROnPlateau floor")
     val_fraction: float = _p(0.2, "validation split of the training data (model selection, thresholds)")
     limit_per_class: int = _p(0, "first N training images per class (0: all)")
@@ -109,9 +123,12 @@ class RunConfig:
     latency_repeats: int = _p(10, "timed repeats per output after warm-up (0: skip latency)")
     latency_images: int = _p(30, "test images for the dynamic-policy latency")
     compare_depth_of: str = _p("", "e.g. densenet121: this run's exit nearest that network's depth (paper Fig. 6)")
-    jit_compile: bool = _p(False, "XLA for training steps")
+    jit_compile: bool = _p(False, "XLA for training steps (GPU speed option; off on CPU)")
+    precision: str = _p("float32", "float32 | mixed_float16 (GPU speed option; outputs stay float32)")
     data_dir: str = _p("", "folder holding the CIFAR archive (empty: $ELASTIC_DATA_DIR, Keras cache, or download)",
                        plumbing=True)
+    weights_dir: str = _p("", "folder of downloaded no-top ImageNet weights files "
+                          "(offline nodes; fill it with python -m elastic_lib.weights download)", plumbing=True)
     strategy: str = _p("default", "default | mirrored (tf.distribute, multi-GPU)", plumbing=True)
     output_dir: str = _p("", "run directory (empty: $ELASTIC_INTERACTIVE_DIR or results/interactive, /<run id>)",
                          plumbing=True)
@@ -145,9 +162,18 @@ class RunConfig:
         _choice("loss_weights", self.loss_weights, LOSS_WEIGHT_SCHEMES)
         _choice("exit_criterion", self.exit_criterion, CRITERIA)
         _choice("strategy", self.strategy, STRATEGIES)
+        _choice("preprocess", self.preprocess, PREPROCESS)
+        _choice("frozen_bn", self.frozen_bn, FROZEN_BN)
+        _choice("precision", self.precision, PRECISIONS)
         try:
             get_backbone(self.backbone)
             check_image_size(self.backbone, self.image_size)
+            if self.weights == "imagenet" and self.weights_dir and not os.path.isfile(self.weights_arg):
+                raise ValueError(f"weights=imagenet with weights_dir={self.weights_dir!r}: no {self.backbone} file "
+                                 f"{os.path.basename(self.weights_arg)!r} there; on a machine with internet run "
+                                 f"python -m elastic_lib.weights download --backbones {self.backbone} --dir "
+                                 f"{self.weights_dir} and copy the folder here (or leave weights_dir empty to "
+                                 "download)")
             check_weights(self.backbone, self.weights_arg)
             if self.compare_depth_of:
                 get_backbone(self.compare_depth_of)
@@ -161,9 +187,11 @@ class RunConfig:
             except DatasetError as err:
                 raise ConfigError(str(err)) from None
         for name in ("phase1_epochs", "phase2_epochs", "limit_per_class", "test_limit_per_class", "latency_repeats",
-                     "latency_images", "reduce_lr_patience", "early_stopping_patience"):
+                     "latency_images", "reduce_lr_patience", "early_stopping_patience", "reduce_lr_cooldown"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.early_stopping_min_delta < 0 or not 0 <= self.momentum < 1 or not 0 <= self.phase2_momentum < 1:
+            raise ConfigError("early_stopping_min_delta must be >= 0 and momenta in [0, 1)")
         if self.batch_size < 1 or self.learning_rate <= 0 or self.phase2_learning_rate <= 0:
             raise ConfigError("batch_size must be >= 1 and learning rates > 0")
         return self
@@ -176,7 +204,18 @@ class RunConfig:
         return self.exits if self.exits in EXIT_CHOICES else [s.strip() for s in self.exits.split(",") if s.strip()]
 
     @property
+    def extra_exit_list(self) -> list[str]:
+        return [s.strip() for s in self.extra_exits.split(",") if s.strip()] if self.variant == "elastic" else []
+
+    @property
     def weights_arg(self):
+        """None (random init), "imagenet" (Keras download) or a local file: ``weights`` itself, or
+        for weights=imagenet with a ``weights_dir`` the file ``python -m elastic_lib.weights
+        download`` put there for this backbone."""
+        if self.weights == "imagenet" and self.weights_dir:
+            from .backbones import weights_file
+
+            return weights_file(os.path.expanduser(self.weights_dir), self.backbone)
         return os.path.expanduser(self.weights) if self.weights not in ("", "imagenet") else (self.weights or None)
 
     @property
@@ -219,6 +258,7 @@ class Profile:
     name: str
     description: str
     runs: list[RunConfig] = field(default_factory=list)
+    requires_gpu: bool = False  # ./run_all.sh refuses it without a GPU unless --allow-cpu
 
 
 def profile_path(name: str) -> str:
@@ -244,6 +284,14 @@ def _read_profile(path: str) -> tuple[dict, dict, dict, dict]:
     for key, value in parts.items():
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: '{key}' must be a mapping, got {type(value).__name__}")
+    if spec.get("base"):
+        base_path = profile_path(str(spec["base"]))
+        if not os.path.isfile(base_path) or os.path.abspath(base_path) == os.path.abspath(path):
+            raise ConfigError(f"{where}: base {spec['base']!r} is not another profile; valid: {', '.join(list_profiles())}")
+        _, b_defaults, b_grid, b_overrides = _read_profile(base_path)
+        parts = {"defaults": {**b_defaults, **parts["defaults"]}, "grid": {**b_grid, **parts["grid"]},
+                 "overrides": {k: {**b_overrides.get(k, {}), **parts["overrides"].get(k, {})}
+                               for k in {**b_overrides, **parts["overrides"]}}}
     bad = sorted(set(parts["grid"]) - GRID_KEYS)
     if bad:
         raise ConfigError(f"{where}: unknown grid key(s) {bad}; valid grid keys: {sorted(GRID_KEYS)}")
@@ -285,7 +333,7 @@ def load_profile(name: str, results_root: str | None = None) -> Profile:
     ids = [r.output_dir for r in runs]
     if len(set(ids)) != len(ids):
         raise ConfigError(f"{where}: two runs of the grid share a run directory; vary only grid axes")
-    return Profile(prof_name, str(spec.get("description", "")), runs)
+    return Profile(prof_name, str(spec.get("description", "")), runs, bool(spec.get("requires_gpu", False)))
 
 
 def _checked(params: dict, where: str) -> RunConfig:

@@ -15,6 +15,7 @@ from .backbones import check_image_size, check_weights, get_backbone
 from .config import EXIT_CHOICES, FINAL_HEADS
 
 EXIT_PREFIX = "exit_"
+DEEPER_HALF_START = 8  # the original code: intermediate_outputs[8:] for every backbone
 FINAL_PREFIX = "final_"
 
 
@@ -26,8 +27,12 @@ def resolve_taps(backbone_model: keras.Model, backbone: str, exits: str | Sequen
             return []
         if exits == "all":
             return default
-        if exits == "deeper_half":  # the original "8th-16th" option: 16 ResNet50 taps -> taps 8..16
-            return default[max(0, len(default) // 2 - 1):]
+        if exits == "deeper_half":  # the original's option 1, `intermediate_outputs[8:]`: ResNet50's 9th-16th block
+            if len(default) <= DEEPER_HALF_START:
+                raise ValueError(f"exits='deeper_half' keeps the default taps from the {DEEPER_HALF_START + 1}th on, "
+                                 f"as the original code does (`intermediate_outputs[8:]`); {backbone} has only "
+                                 f"{len(default)} taps: name the layers instead, e.g. {default[len(default) // 2:]}")
+            return default[DEEPER_HALF_START:]
         raise ValueError(f"bad exit spec {exits!r}: use one of {EXIT_CHOICES} or a list of layer names, "
                          f"e.g. {default[:3]}")
     names = list(exits)
@@ -64,12 +69,15 @@ def _make_backbone(backbone: str, image_size: int, weights):
 
 
 def build_elastic_model(backbone: str, num_classes: int, image_size: int, exits="all",
-                        final_head: str = "flatten", weights=None, dropout: float = 0.2) -> keras.Model:
+                        final_head: str = "flatten", weights=None, dropout: float = 0.2,
+                        extra_exits: Sequence[str] = ()) -> keras.Model:
     """Backbone + elastic exits. Outputs: the exits (shallowest first), then the final head.
 
-    exits: "none" (baseline), "all", "deeper_half", or a list of backbone layer names.
-    final_head: "flatten" (original: Flatten -> Dropout -> Dense; no Dropout for the
-    baseline) or "gap" (GlobalAveragePooling2D instead of Flatten).
+    exits: "none" (baseline), "all", "deeper_half" (the default taps from the 9th on, as the
+    original's option), or a list of backbone layer names.
+    extra_exits: layer names tapped in addition (e.g. an exit at another network's depth).
+    final_head: "flatten" (original: Flatten -> Dropout -> Dense, the baseline's too) or
+    "gap" (GlobalAveragePooling2D instead of Flatten).
     weights: None, "imagenet" (Keras download) or the path of a local weights file.
     """
     get_backbone(backbone)
@@ -85,16 +93,20 @@ def build_elastic_model(backbone: str, num_classes: int, image_size: int, exits=
 
     base = _make_backbone(backbone, image_size, weights)
     taps = resolve_taps(base, backbone, exits)
+    if extra_exits:
+        if exits == "none":
+            raise ValueError("extra_exits need exits (a baseline has none)")
+        taps = resolve_taps(base, backbone, list(dict.fromkeys([*taps, *extra_exits])))
     outputs = []
     for tap in taps:
         x = layers.GlobalAveragePooling2D(name=f"{EXIT_PREFIX}{tap}_pool")(base.get_layer(tap).output)
         x = layers.Dropout(dropout, name=f"{EXIT_PREFIX}{tap}_dropout")(x)
-        outputs.append(layers.Dense(num_classes, activation="softmax", name=f"{EXIT_PREFIX}{tap}_softmax")(x))
+        outputs.append(layers.Dense(num_classes, activation="softmax", dtype="float32",  # float32 under mixed precision
+                                    name=f"{EXIT_PREFIX}{tap}_softmax")(x))
     x = base.output
     x = (layers.Flatten if final_head == "flatten" else layers.GlobalAveragePooling2D)(name=f"{FINAL_PREFIX}{final_head}")(x)
-    if taps:
-        x = layers.Dropout(dropout, name=f"{FINAL_PREFIX}dropout")(x)
-    outputs.append(layers.Dense(num_classes, activation="softmax", name=f"{FINAL_PREFIX}softmax")(x))
+    x = layers.Dropout(dropout, name=f"{FINAL_PREFIX}dropout")(x)  # the original keeps it without exits too
+    outputs.append(layers.Dense(num_classes, activation="softmax", dtype="float32", name=f"{FINAL_PREFIX}softmax")(x))
     name = f"elastic_{backbone}" if taps else f"{backbone}_baseline"
     return keras.Model(base.input, outputs, name=name.replace(".", "_"))
 

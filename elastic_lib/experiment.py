@@ -9,21 +9,24 @@ run's data and trained model (benchmarks, re-measurements).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
 import os
 import time
 
 import numpy as np
 import pandas as pd
 
-from . import complexity, early_exit, metrics, results
+from . import complexity, early_exit, metrics, protocols, results
 from .backbones import get_backbone
 from .config import RunConfig
 from .data import load_dataset, make_pipeline
 from .exits import build_elastic_model, exit_taps, short_output_names
 from .reproducibility import set_determinism
-from .training import fit_two_phase, set_bn_momentum
+from .training import committed_state, fit_two_phase, set_bn_momentum
 
+PROGRESS = "progress.json"
 COST_COLUMNS = ["output", "depth_index", "depth_layers", "params_to_output", "kernel_macs_to_output",
                 "macs_to_output", "flops_to_output", "kernel_macs_fraction_of_final", "micronet_score"]
 
@@ -46,6 +49,7 @@ class Experiment:
         self.policies: dict | None = None           # early_exit(): sweeps, summary, exit_rates, selected
         self.latency_df: pd.DataFrame | None = None  # latency()
         self.timings: dict[str, float] = {}
+        self.resumed: str = ""                       # setup(): what a rerun kept of an interrupted one
         self._strategy = None
 
     def _require(self, step: str, *attrs: str) -> None:
@@ -57,13 +61,51 @@ class Experiment:
     # ------------------------------------------------------------ setup
     def setup(self) -> str:
         """Seeds + op determinism, a clean run directory, params.yaml (the experiment's
-        parameters, the plumbing, the machine and the determinism settings)."""
+        parameters, the plumbing, the machine and the determinism settings). The training state
+        of an interrupted run with the same parameters (``resume/``) is kept: train() goes on
+        from its last finished epoch; with other parameters it is discarded."""
         os.makedirs(self.run_dir, exist_ok=True)
         results.clear_run(self.run_dir)
+        self._keep_or_drop_resume_state()
         self.determinism = set_determinism(self.cfg.seed)
         results.write_params(self.run_dir, self.cfg.experiment_params(), plumbing=self.cfg.plumbing(),
                              determinism=self.determinism)
         return self.run_dir
+
+    @property
+    def state_dir(self) -> str:
+        return os.path.join(self.run_dir, "resume")
+
+    def _keep_or_drop_resume_state(self) -> None:
+        stamp = os.path.join(self.state_dir, "parameters.json")
+        mine = json.dumps(self.cfg.experiment_params(), sort_keys=True)
+        if os.path.isdir(self.state_dir):
+            with contextlib.suppress(FileNotFoundError), open(stamp) as f:
+                if f.read() == mine:
+                    self.resumed = self._resume_point()
+                    return
+            results.remove_tree(self.state_dir)
+        os.makedirs(self.state_dir)
+        results.atomic_write_text(stamp, mine)
+
+    def _resume_point(self) -> str:
+        """What an interrupted run left, e.g. "phase1 finished; phase2 at epoch 2" ("": nothing)."""
+        done = sorted(f[:-len("_history.csv")] for f in os.listdir(self.state_dir) if f.endswith("_history.csv"))
+        states = {d: committed_state(os.path.join(self.state_dir, d)) for d in ("phase1", "phase2")}
+        inflight = [f"{d} at epoch {st['epoch']}" for d, st in states.items() if st]
+        return "; ".join(([f"{', '.join(done)} finished"] if done else []) + inflight)
+
+    def header(self) -> str:
+        """The run's first printed lines: id, seed, devices, and what an interrupted run left."""
+        from .reproducibility import machine_info
+
+        c = self.cfg
+        lines = [f"run: {c.run_id()} | seed {c.seed} | op determinism on",
+                 f"devices: {machine_info().get('devices', '?')} | precision {c.precision}"
+                 f"{' | XLA' if c.jit_compile else ''}"]
+        if self.resumed:
+            lines.append(f"resuming an interrupted run: {self.resumed}")
+        return "\n".join(lines)
 
     def strategy(self):
         """The tf.distribute strategy, created once (Keras refuses to mix strategy objects)."""
@@ -84,33 +126,61 @@ class Experiment:
         self._require("build_model", "splits")
         c = self.cfg
         with self.strategy().scope():
-            self.model = build_elastic_model(c.backbone, self.splits.num_classes, c.image_size, c.exit_spec,
-                                             c.final_head, c.weights_arg, c.dropout)
+            self.model = self._build(c.weights_arg)
         set_bn_momentum(self.model, c.bn_momentum)
         self.costs = complexity.complexity_frame(self.model)
         results.write_csv(self.run_dir, "complexity.csv", self.costs)
         return self.model
 
+    def _build(self, weights):
+        """The model at the configured precision (mixed_float16: float16 compute, float32
+        variables and softmax outputs); the global dtype policy is restored afterwards."""
+        import keras
+
+        c = self.cfg
+        before = keras.config.dtype_policy()
+        keras.config.set_dtype_policy(c.precision)
+        try:
+            return build_elastic_model(c.backbone, self.splits.num_classes, c.image_size, c.exit_spec, c.final_head,
+                                       weights, c.dropout, c.extra_exit_list)
+        finally:
+            keras.config.set_dtype_policy(before)
+
+    @property
+    def preprocess(self):
+        """``preprocess_input`` of the backbone (native) or InceptionV3's for every backbone
+        (inception: scale to [-1, 1], what the original code did)."""
+        return get_backbone("inception_v3" if self.cfg.preprocess == "inception" else self.cfg.backbone).preprocess
+
     def pipeline(self, split: str, shuffle: bool = False):
         self._require("pipeline", "splits", "model")
         c, s = self.cfg, self.splits
         x, y = getattr(s, f"x_{split}"), getattr(s, f"y_{split}")
-        return make_pipeline(x, y, c.image_size, get_backbone(c.backbone).preprocess, c.batch_size,
+        return make_pipeline(x, y, c.image_size, self.preprocess, c.batch_size,
                              len(self.model.outputs), shuffle=shuffle, seed=c.seed, augment=c.augment and shuffle)
 
     # ------------------------------------------------------------ train
     def train(self, verbose: int = 0) -> pd.DataFrame:
         self._require("train", "splits", "model")
         t0 = time.perf_counter()
+        if not os.path.isdir(self.state_dir):  # train() without setup(), e.g. from a script
+            self._keep_or_drop_resume_state()
         self.history = fit_two_phase(self.model, self.pipeline("train", shuffle=True), self.pipeline("val"), self.cfg,
                                      strategy=self.strategy() if self.cfg.strategy != "default" else None,
-                                     verbose=verbose)
+                                     verbose=verbose, state_dir=self.state_dir, test_ds=self.pipeline("test"),
+                                     progress=os.path.join(self.run_dir, PROGRESS))
         self.timings["train_s"] = time.perf_counter() - t0
         tmp = os.path.join(self.run_dir, ".tmp_model.weights.h5")
         self.model.save_weights(tmp)
         os.replace(tmp, os.path.join(self.run_dir, "model.weights.h5"))
         results.write_csv(self.run_dir, "history.csv", self.history)
+        results.write_csv(self.run_dir, "test_history.csv", self.test_history)
         return self.history
+
+    @property
+    def test_history(self) -> pd.DataFrame | None:
+        """The paper protocol's per-epoch test errors (long form of history's ``test_*`` columns)."""
+        return None if self.history is None else protocols.test_history(self.history)
 
     # ------------------------------------------------------------ evaluate
     def evaluate(self) -> pd.DataFrame:
@@ -121,6 +191,8 @@ class Experiment:
         self.val_probs, self.y_val = metrics.predict_outputs(self.model, self.pipeline("val"))
         exits_df.insert(1, "tap_layer", exit_taps(self.model))
         exits_df["val_top1_err_pct"] = [100 * (1 - (p.argmax(1) == self.y_val).mean()) for p in self.val_probs]
+        if self.history is not None:  # paper protocol, per output: min over phase-2 epochs of the test error
+            exits_df = exits_df.merge(protocols.per_output_min(self.test_history), on="output", how="left")
         self.exits = exits_df.merge(self.costs[COST_COLUMNS], on="output")
         assert list(self.exits["output"]) == short_output_names(self.model)
         results.write_csv(self.run_dir, "exits.csv", self.exits, ["depth_index"])
@@ -183,7 +255,8 @@ class Experiment:
         if not c.compare_depth_of or len(self.model.outputs) < 2:
             return pd.DataFrame()
         self._require("same_depth", "exits")
-        other = build_elastic_model(c.compare_depth_of, self.splits.num_classes, c.image_size, "none", c.final_head)
+        other = build_elastic_model(c.compare_depth_of, self.splits.num_classes, c.image_size, "none", c.final_head,
+                                    dropout=c.dropout)
         depth = int(complexity.complexity_frame(other)["depth_layers"].iloc[-1])
         row = early_exit.nearest_exit_to_depth(self.costs, depth)
         err = self.exits.set_index("output").loc[row["output"]]
@@ -210,8 +283,10 @@ class Experiment:
                "final_macro_f1": final["macro_f1"], "final_loss": final["loss"],
                "best_output": best["output"], "best_top1_err_pct": best["top1_err_pct"],
                "min_exit_top1_err_pct": float(self.exits["top1_err_pct"].min()),
+               **protocols.reported(self.exits, self.test_history),
                "final_latency_ms": float(lat.loc["final", "latency_ms"]) if "final" in lat.index else np.nan,
-               "train_s": self.timings.get("train_s", np.nan), "epochs_run": len(self.history)}
+               "train_s": self.timings.get("train_s", np.nan), "epochs_run": len(self.history),
+               "resumed_from": self.resumed}
         df = pd.DataFrame([row])
         results.write_csv(self.run_dir, "summary.csv", df)
         return df
@@ -219,6 +294,9 @@ class Experiment:
     def finish(self) -> str:
         """summary.csv, then DONE (unless the batch driver writes it after saving the notebook)."""
         self.summary()
+        results.remove_tree(self.state_dir)  # finished: nothing left to resume
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(self.run_dir, PROGRESS))
         if self.cfg.write_done:
             results.mark_done(self.run_dir)
         return self.run_dir
@@ -232,8 +310,7 @@ class Experiment:
         exp = cls(params)
         exp.load_data()
         c = exp.cfg
-        exp.model = build_elastic_model(c.backbone, exp.splits.num_classes, c.image_size, c.exit_spec, c.final_head,
-                                        None, c.dropout)
+        exp.model = exp._build(None)
         exp.model.load_weights(os.path.join(run_dir, "model.weights.h5"))
         exp.costs = complexity.complexity_frame(exp.model)
         return exp

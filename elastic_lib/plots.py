@@ -71,7 +71,7 @@ def _labelled(fig, ax, xlabel: str, ylabel: str, title: str, legend: dict | None
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    ax.legend(fontsize=8, **(legend or {}))
+    ax.legend(**{"fontsize": 8, **(legend or {})})
     fig.tight_layout()
     return fig
 
@@ -146,33 +146,79 @@ def exit_rates(rates: pd.DataFrame, title: str = ""):
 
 # ---------------------------------------------------------------- a whole profile
 @styled
-def depth_curves(exits: pd.DataFrame, baselines: pd.DataFrame, dataset: str):
-    """Per-depth error of every elastic model on ``dataset`` (x = fraction of the final output's
-    kernel MACs), the baseline's final error as a dotted line of the same colour."""
+def depth_curves(exits: pd.DataFrame, baselines: pd.DataFrame, dataset: str, paper: pd.DataFrame | None = None):
+    """Per-depth error of every elastic model on ``dataset`` (x = kernel MACs of the output as a
+    fraction of the final output's): exits as a line, the final head as its own star (it sits at
+    1.0 beside the last exit), the baseline's final error as a dotted line of the same colour,
+    and, where given, the original code's per-exit errors (``per_exit_errors.csv``, paper
+    protocol) as open squares at the same exits."""
     df = exits[(exits["dataset"] == dataset) & (exits["variant"] == "elastic")]
     backbones = sorted(df["backbone"].unique())
     pal = dict(zip(backbones, sns.color_palette("tab10", len(backbones))))
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
     for bb in backbones:
         d = df[df["backbone"] == bb].groupby("depth_index", as_index=False).mean(numeric_only=True)
-        ax.plot(d["kernel_macs_fraction_of_final"], d["top1_err_pct"], "o-", color=pal[bb], label=model_label(bb))
+        ex, fin = d.iloc[:-1], d.iloc[-1]
+        ax.plot(ex["kernel_macs_fraction_of_final"], ex["top1_err_pct"], "o-", color=pal[bb], label=f"{model_label(bb)} exits")
+        ax.plot(fin["kernel_macs_fraction_of_final"], fin["top1_err_pct"], "*", ms=13, color=pal[bb],
+                label=f"{model_label(bb)} final head")
         base = baselines[(baselines["backbone"] == bb) & (baselines["dataset"] == dataset)]
         if not base.empty:
             ax.axhline(base["final_top1_err_pct"].mean(), color=pal[bb], ls=":", lw=1.5, label=f"{bb} baseline")
-    return _labelled(fig, ax, "cost of the output / cost of the final output (kernel MACs)", "top-1 test error (%)",
-                     f"error vs. depth, {dataset}")
+        ref = None if paper is None else paper[(paper["backbone"] == bb.replace("_legacy", ""))
+                                               & (paper["dataset"] == dataset)]
+        if ref is not None and not ref.empty:
+            x = d.set_index("depth_index")["kernel_macs_fraction_of_final"]
+            ref = ref[ref["exit_index"].isin(x.index)]
+            ax.plot(x.loc[ref["exit_index"]], ref["best_test_error_pct"], "s", mfc="none", color=pal[bb],
+                    label=f"{bb}: original code (paper protocol)")
+    outside = {"fontsize": 7, "loc": "upper left", "bbox_to_anchor": (1.01, 1.0)} if len(backbones) > 1 else {
+        "fontsize": 7}
+    return _labelled(fig, ax, "kernel MACs of the output / of the final output", "top-1 test error (%)",
+                     f"error vs. depth, {dataset}", legend=outside)
 
 
 @styled
-def early_exit_curves(sweeps: pd.DataFrame, dataset: str, criterion: str = "max_prob"):
-    df = sweeps[(sweeps["dataset"] == dataset) & (sweeps["criterion"] == criterion)]
-    fig, ax = plt.subplots(figsize=(7.5, 4.2))
-    for bb, d in df.groupby("backbone", sort=True):
-        d = d.groupby("threshold", as_index=False).mean(numeric_only=True).sort_values("test_expected_flops")
-        ax.plot(d["test_expected_flops"] / 1e6, 100 * d["test_acc"], "-", label=model_label(bb))
-    ax.set_xscale("log")
-    return _labelled(fig, ax, "expected MFLOPs per image (convention: flops, log scale)", "test accuracy (%)",
-                     f"dynamic early exit ({criterion} threshold sweep), {dataset}")
+def early_exit_curves(sweeps: pd.DataFrame, exits: pd.DataFrame, summary: pd.DataFrame, policies: pd.DataFrame,
+                      dataset: str):
+    """Dynamic early exit of every elastic model on ``dataset``, one panel each, in kernel MACs and
+    error (%): the threshold sweeps of both criteria (expected cost, heads evaluated on the way
+    included), every fixed exit (that output alone), the baseline's final output, and the
+    operating points chosen on validation (``early_exit_summary.csv``)."""
+    sw = sweeps[sweeps["dataset"] == dataset]
+    backbones = sorted(sw["backbone"].unique())
+    ncols = min(3, len(backbones))
+    nrows = -(-len(backbones) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(max(7.5, 5.2 * ncols), 3.9 * nrows), squeeze=False)
+    for ax in axes.flat[len(backbones):]:
+        ax.set_visible(False)
+    for k, (ax, bb) in enumerate(zip(axes.flat, backbones)):
+        for crit, color in (("max_prob", "C0"), ("entropy", "C2")):
+            d = sw[(sw["backbone"] == bb) & (sw["criterion"] == crit)].groupby("threshold", as_index=False).mean(
+                numeric_only=True).sort_values("test_expected_kernel_macs")
+            ax.plot(d["test_expected_kernel_macs"] / 1e6, 100 * (1 - d["test_acc"]), "-", color=color,
+                    label=f"dynamic, {crit} threshold sweep")
+        ex = exits[(exits["dataset"] == dataset) & (exits["backbone"] == bb) & (exits["variant"] == "elastic")]
+        ex = ex.groupby("depth_index", as_index=False).mean(numeric_only=True)
+        ax.plot(ex["kernel_macs_to_output"] / 1e6, ex["top1_err_pct"], "ko", ms=4, label="fixed exits (that output alone)")
+        base = summary[(summary["dataset"] == dataset) & (summary["backbone"] == bb) & (summary["variant"] == "baseline")]
+        if not base.empty:
+            ax.plot(base["final_kernel_macs"].mean() / 1e6, base["final_top1_err_pct"].mean(), "D", color="C1", ms=8,
+                    label="baseline (no exits), final output")
+        pol = policies[(policies["dataset"] == dataset) & (policies["backbone"] == bb)
+                       & (policies["policy"] != "final")].groupby("policy", as_index=False).mean(numeric_only=True)
+        for (_, r), m in zip(pol.iterrows(), "^vP"):
+            ax.plot(r["expected_kernel_macs"] / 1e6, 100 * (1 - r["test_acc"]), m, color="C3", ms=10, mfc="none",
+                    mew=2, label=f"chosen on val: {r['policy']}")
+        ax.set_title(f"{model_label(bb)}, {dataset}")
+        ax.set_ylabel("top-1 test error (%)" if k % ncols == 0 else "")
+        ax.set_xlabel("kernel MACs per image (M)")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.suptitle("early exit: dynamic policies (expected cost, heads on the way included), fixed exits and the\n"
+                 "baseline (kernel MACs = the original code's FLOPs convention)", fontsize=11)
+    fig.tight_layout()
+    fig.legend(handles, labels, loc="upper center", ncol=3, fontsize=8, bbox_to_anchor=(0.5, 0.0))
+    return fig
 
 
 @styled
@@ -189,11 +235,21 @@ def baseline_vs_elastic_bars(table: pd.DataFrame):
 
 @styled
 def all_training_curves(history: pd.DataFrame):
-    g = sns.relplot(data=history, kind="line", x="epoch", y="val_final_accuracy", hue="variant", col="backbone",
-                    row="dataset", height=3.0, aspect=1.4, marker="o", facet_kws={"sharey": False})
-    g.set_axis_labels("epoch", "val accuracy (final output)")
+    """Validation top-1 error of the final output per epoch, baseline and elastic; a dashed
+    line where phase 2 (all layers) starts."""
+    h = history.assign(val_final_err_pct=100 * (1 - history["val_final_accuracy"]))
+    g = sns.relplot(data=h, kind="line", x="epoch", y="val_final_err_pct", hue="variant", col="backbone",
+                    row="dataset", height=3.0, aspect=1.4, marker="o", facet_kws={"sharey": False},
+                    errorbar="sd")
+    for (ds, bb), ax in g.axes_dict.items():
+        p2 = h[(h["dataset"] == ds) & (h["backbone"] == bb) & (h["phase"] == 2)]["epoch"]
+        if not p2.empty:
+            ax.axvline(p2.min() - 0.5, color="0.4", ls="--", lw=1)
+            ax.text(p2.min() - 0.4, ax.get_ylim()[1], "phase 2", va="top", fontsize=8, color="0.3")
+    g.set_axis_labels("epoch", "val top-1 error, final output (%)")
     g.set_titles("{row_name}: {col_name}")
-    g.figure.suptitle("validation accuracy of the final output per epoch (phase 1 then phase 2)", y=1.03)
+    g.figure.suptitle("validation error of the final output per epoch (phase 1: backbone frozen; dashed line: "
+                      "phase 2, all layers, starts; mean ± sd over seeds)", y=1.03, fontsize=11)
     return g.figure
 
 
@@ -206,3 +262,28 @@ def same_depth_bars(df: pd.DataFrame):
     ax.set_title("complete network vs. elastic exit of the same depth (paper Fig. 6)")
     fig.tight_layout()
     return fig
+
+
+@styled
+def same_depth_curve(exits: pd.DataFrame, summary: pd.DataFrame, sd: pd.DataFrame, dataset: str):
+    """Paper Fig. 6: error vs. kernel MACs of every output of the elastic network that has an
+    exit at another network's depth (``same_depth.csv``), that exit marked, and the other
+    network complete (its baseline's final output) as one point."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    for _, r in sd[sd["dataset"] == dataset].drop_duplicates(["backbone", "compare_to"]).iterrows():
+        e = exits[(exits["dataset"] == dataset) & (exits["backbone"] == r["backbone"])
+                  & (exits["variant"] == "elastic")].groupby("depth_index", as_index=False).mean(numeric_only=True)
+        ax.plot(e["kernel_macs_to_output"] / 1e9, e["top1_err_pct"], "o-", color="C0",
+                label=f"{model_label(r['backbone'])} outputs")
+        at = exits[(exits["dataset"] == dataset) & (exits["backbone"] == r["backbone"])
+                   & (exits["variant"] == "elastic") & (exits["output"] == r["output"])].mean(numeric_only=True)
+        ax.plot(at["kernel_macs_to_output"] / 1e9, at["top1_err_pct"], "o", ms=11, mfc="none", mec="C3", mew=2,
+                label=f"{r['output']} at {r['tap_layer']} (depth {int(r['depth_layers'])})")
+        full = summary[(summary["backbone"] == r["compare_to"]) & (summary["dataset"] == dataset)
+                       & (summary["variant"] == "baseline")]
+        if not full.empty:
+            ax.plot(full["final_kernel_macs"].mean() / 1e9, full["final_top1_err_pct"].mean(), "D", color="C1", ms=9,
+                    label=f"{r['compare_to']} complete (depth {int(r['compare_depth_layers'])})")
+    return _labelled(fig, ax, "kernel MACs to the output (G, the original code's FLOPs convention)",
+                     "top-1 test error (%, clean protocol checkpoint)",
+                     f"same depth: an exit vs. a complete network (paper Fig. 6), {dataset}")

@@ -17,6 +17,7 @@ import platform
 import socket
 import subprocess
 import tempfile
+import time
 
 import pandas as pd
 import yaml
@@ -87,13 +88,22 @@ def environment_info() -> dict:
     import numpy
     import tensorflow as tf
 
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                                timeout=5).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        commit = "unknown"
     return {"python": platform.python_version(), "tensorflow": tf.__version__, "keras": keras.__version__,
-            "numpy": numpy.__version__, "pandas": pd.__version__, "git_commit": commit}
+            "numpy": numpy.__version__, "pandas": pd.__version__, **git_state()}
+
+
+def git_state() -> dict:
+    """The commit of the code that ran, and whether the library, notebooks or profiles differed
+    from it (``git_dirty``: uncommitted changes under elastic_lib/, notebooks/, experiments/)."""
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=5).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD") or "unknown"
+        changed = git("status", "--porcelain", "--untracked-files=no", "--", "elastic_lib", "notebooks", "experiments")
+    except (OSError, subprocess.SubprocessError):
+        return {"git_commit": "unknown", "git_dirty": None}
+    return {"git_commit": commit, "git_dirty": bool(changed)}
 
 
 def write_params(run_dir: str, params: dict, plumbing: dict | None = None, determinism: dict | None = None,
@@ -130,7 +140,22 @@ def is_done(run_dir: str) -> bool:
     return os.path.isfile(os.path.join(run_dir, DONE))
 
 
-RUN_OUTPUTS = ("*.csv", "*.png", "*.svg", "params.yaml", "notebook.ipynb", "model.weights.h5", DONE, FAILED, ".tmp_*")
+RUN_OUTPUTS = ("*.csv", "*.png", "*.svg", "params.yaml", "progress.json", "notebook.ipynb", "model.weights.h5", DONE, FAILED, ".tmp_*")
+
+
+def remove_tree(path: str) -> None:
+    """Remove a folder so that a kill at any moment leaves either all of it or none of it: it is
+    renamed first (atomic), then deleted; leftovers of an interrupted deletion (``*.removing-*``
+    beside it) go too."""
+    import shutil
+
+    parent, name = os.path.split(os.path.abspath(path))
+    if os.path.isdir(path):
+        doomed = os.path.join(parent, f"{name}.removing-{os.getpid()}-{time.monotonic_ns()}")
+        os.rename(path, doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
+    for old in glob.glob(os.path.join(parent, f"{name}.removing-*")):
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def clear_run(run_dir: str) -> None:
@@ -191,10 +216,16 @@ def completed_runs(profile_dir: str) -> list[str]:
     return sorted(d for d in glob.glob(os.path.join(profile_dir, "*")) if os.path.isdir(d) and is_done(d))
 
 
-def read_params(run_dir: str, with_plumbing: bool = False) -> dict:
-    """The experiment parameters of a run (with its plumbing too: enough to rebuild its RunConfig)."""
+def read_params_yaml(run_dir: str) -> dict:
+    """A run's whole params.yaml: parameters, plumbing, environment, determinism."""
     with open(os.path.join(run_dir, "params.yaml")) as f:
-        doc = yaml.safe_load(f)
+        return yaml.safe_load(f) or {}
+
+
+def read_params(run_dir: str, with_plumbing: bool = False, doc: dict | None = None) -> dict:
+    """The experiment parameters of a run (with its plumbing too: enough to rebuild its RunConfig);
+    ``doc``: its params.yaml already read."""
+    doc = doc or read_params_yaml(run_dir)
     return {**doc["parameters"], **(doc.get("plumbing") or {})} if with_plumbing else doc["parameters"]
 
 
@@ -213,8 +244,7 @@ def machines(profile_dir: str) -> list[str]:
 
     seen = []
     for run_dir in completed_runs(profile_dir):
-        with open(os.path.join(run_dir, "params.yaml")) as f:
-            info = (yaml.safe_load(f).get("environment") or {}).get("machine")
+        info = (read_params_yaml(run_dir).get("environment") or {}).get("machine")
         label = machine_label(info) if info else "unrecorded machine"
         if label not in seen:
             seen.append(label)

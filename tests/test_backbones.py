@@ -15,7 +15,8 @@ BACKBONES = elastic_lib.list_backbones()
 
 
 def _resnet_taps(blocks):
-    return [f"conv{stage}_block{b}_out" for stage, n in zip((2, 3, 4, 5), blocks) for b in range(1, n + 1)]
+    # the original code taps every residual add (before the block's ReLU)
+    return [f"conv{stage}_block{b}_add" for stage, n in zip((2, 3, 4, 5), blocks) for b in range(1, n + 1)]
 
 
 def _densenet_taps(blocks):
@@ -112,7 +113,7 @@ def test_added_layers_are_named_after_their_tap(built):
     names_none = {l.name for l in built.none.layers if type(l).__name__ != "InputLayer"}
     exit_layers = {f"exit_{t}_{part}" for t in taps for part in ("pool", "dropout", "softmax")}
     final_all = {"final_flatten", "final_dropout", "final_softmax"}
-    final_none = {"final_flatten", "final_softmax"}
+    final_none = {"final_flatten", "final_dropout", "final_softmax"}  # the original's baseline keeps its Dropout
     assert exit_layers | final_all <= names_all
     assert final_none <= names_none
     # nothing else was added: the remaining layers of both models are the same backbone
@@ -138,13 +139,31 @@ def test_added_layers_are_named_after_their_tap(built):
         assert drop.input is pool.output and dense.input is drop.output
 
 
-def test_deeper_half_resnet50_is_taps_8_to_16():
+def test_deeper_half_resnet50_is_the_originals_taps_8_on():
+    # original ElasticNN.py: start_layer_index = 8; intermediate_outputs[8:] -> the 9th..16th block, 8 exits
     model = build_elastic_model("resnet50", NUM_CLASSES, 32, exits="deeper_half")
     taps = exit_taps(model)[:-1]
-    assert len(taps) == 9
-    assert taps == EXPECTED_TAPS["resnet50"][7:16]
-    # 3 conv2 + 4 conv3 taps come first, so the 8th tap is the first conv4 block
-    assert taps[0] == "conv4_block1_out" and taps[-1] == "conv5_block3_out"
+    assert len(taps) == 8
+    assert taps == EXPECTED_TAPS["resnet50"][8:16]
+    # 3 conv2 + 4 conv3 blocks, then conv4_block1 is the 8th: the 9th tap is conv4_block2
+    assert taps[0] == "conv4_block2_add" and taps[-1] == "conv5_block3_add"
+
+
+def test_deeper_half_refuses_a_backbone_with_too_few_taps():
+    with pytest.raises(ValueError, match="vgg16 has only 5 taps"):
+        build_elastic_model("vgg16", NUM_CLASSES, 32, exits="deeper_half")
+
+
+def test_extra_exits_add_a_tap_in_depth_order():
+    model = build_elastic_model("vgg16", NUM_CLASSES, 32, exits="all", extra_exits=["block3_conv2"])
+    taps = exit_taps(model)[:-1]
+    assert taps == ["block1_pool", "block2_pool", "block3_conv2", "block3_pool", "block4_pool", "block5_pool"]
+
+
+def test_baseline_final_head_keeps_the_originals_dropout():
+    model = build_elastic_model("vgg16", NUM_CLASSES, 32, exits="none", dropout=0.2)
+    drop = model.get_layer("final_dropout")
+    assert drop.rate == 0.2 and model.get_layer("final_softmax").input is drop.output
 
 
 def test_custom_exit_list_is_sorted_shallowest_first():

@@ -122,7 +122,17 @@ def test_kill_and_rerun_completes_like_an_uninterrupted_run(tmp_path):
             assert not df.duplicated().any(), f"duplicated rows in {run.name}/{name}"
             ref = pd.read_csv(clean / "results" / "kill" / run.name / name)
             assert len(df) == len(ref)
-    pd.testing.assert_frame_equal(_table(clean, "kill"), _table(killed, "kill"))
+    # a run killed after an epoch was committed resumes from there (README, "Long runs survive"): complete and
+    # continuous, but its later epochs draw other shuffles; a run redone from scratch equals the clean one exactly
+    resumed = pd.read_csv(second / "summary.csv", keep_default_na=False).iloc[0]["resumed_from"]
+    if resumed:
+        hist = pd.read_csv(second / "history.csv")
+        assert list(hist["epoch"]) == list(range(1, len(hist) + 1))
+        t_clean, t_killed = _table(clean, "kill"), _table(killed, "kill")
+        keep = t_clean["variant"] != "baseline"
+        pd.testing.assert_frame_equal(t_clean[keep], t_killed[keep])
+    else:
+        pd.testing.assert_frame_equal(_table(clean, "kill"), _table(killed, "kill"))
     assert not list(killed.rglob(".tmp_*"))
 
 

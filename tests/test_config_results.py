@@ -99,10 +99,19 @@ def test_profile_expands_grid(tmp_path):
     ({"grid": {"optimizer": ["sgd"]}}, "optimizer"),                # unknown grid key
     ({"defaults": ["dataset"]}, "defaults"),                        # not a mapping
     ({"grid": {"backbone": ["resnet50"], "image_size": [16]}}, "image_size"),
+    ({"base": "nope", "grid": {"backbone": ["vgg16"]}}, "base 'nope' is not another profile"),
+    ({"base": "smoke", "defaults": {"frozen_bn": "train"}}, "frozen_bn"),  # the base's values are checked too
 ])
 def test_profile_errors_name_the_problem(tmp_path, spec, named):
     with pytest.raises(ConfigError, match=named):
         load_profile(write_profile(tmp_path, spec), results_root=str(tmp_path))
+
+
+def test_profile_base_is_merged_key_by_key(tmp_path):
+    prof = load_profile(write_profile(tmp_path, {"base": "smoke", "defaults": {"phase2_epochs": 2},
+                                                  "grid": {"backbone": ["vgg16"]}}), results_root=str(tmp_path))
+    assert [r.run_id() for r in prof.runs] == ["vgg16__digits__elastic", "vgg16__digits__baseline"]
+    assert all(r.phase2_epochs == 2 and r.reduce_lr_patience == 2 for r in prof.runs)  # the rest from smoke
 
 
 def test_unknown_profile_name():
@@ -223,3 +232,18 @@ def test_collect_only_done_runs(tmp_path):
     assert list(df["dataset"]) == ["digits", "digits", "cifar100coarse"]
     assert list(df["seed"]) == [0, 0, 3]
     assert collect(str(tmp_path / "empty"), "exits.csv").empty
+
+
+def test_remove_tree_is_all_or_nothing(tmp_path):
+    """A folder is renamed before it is deleted, so a kill mid-deletion never leaves half of it
+    under its name; leftovers of such a kill are cleared by the next call."""
+    from elastic_lib.results import remove_tree
+
+    d = tmp_path / "resume"
+    (d / "phase2").mkdir(parents=True)
+    (d / "phase2" / "state.json").write_text("{}")
+    leftover = tmp_path / "resume.removing-1-2"
+    (leftover / "phase1").mkdir(parents=True)
+    remove_tree(str(d))
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    remove_tree(str(d))  # nothing there: no error

@@ -61,7 +61,7 @@ def test_notebook_parameters_cell_declares_every_runconfig_field():
 
 def test_experiment_params_leave_the_plumbing_out():
     cfg = RunConfig(output_dir="/somewhere/run", data_dir="/data", write_done=False)
-    assert {"output_dir", "data_dir", "write_done", "strategy"} == set(cfg.plumbing())
+    assert {"output_dir", "data_dir", "weights_dir", "write_done", "strategy"} == set(cfg.plumbing())
     assert not set(cfg.plumbing()) & set(cfg.experiment_params())
     assert {**cfg.experiment_params(), **cfg.plumbing()} == cfg.to_dict()
 
@@ -107,7 +107,7 @@ def test_profiles_expand_and_validate():
     assert mini["inception_v3__cifar10__elastic"].image_size == 75  # override beats a default below its minimum
     assert mini["densenet169__cifar100__elastic"].compare_depth_of == "densenet121"
     paper = load_profile("paper")
-    assert {r.backbone for r in paper.runs} == {"mobilenet_0.75", "inception_v3", "resnet50", "densenet121",
+    assert {r.backbone for r in paper.runs} == {"mobilenet_0.75", "inception_v3", "resnet50_legacy", "densenet121",
                                                  "densenet169", "vgg16"}
     assert all(r.image_size == 224 and r.weights == "imagenet" for r in paper.runs)
     assert {r.dataset for r in paper.runs} == {"cifar10", "cifar100"}

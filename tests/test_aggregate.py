@@ -1,0 +1,53 @@
+"""The aggregated paper-style table from hand-made run directories (golden values written by hand)."""
+import pandas as pd
+import yaml
+
+from elastic_lib import aggregate
+
+
+def _run(root, backbone, dataset, variant, seed, clean, paper, params, macs, n_test=100, dirty=False):
+    d = root / f"{backbone}__{dataset}__{variant}__seed{seed}"
+    d.mkdir(parents=True)
+    p = {"backbone": backbone, "dataset": dataset, "variant": variant, "seed": seed, "label_mode": "fine",
+         "image_size": 32, "weights": "", "limit_per_class": 0, "val_fraction": 0.2, "phase1_epochs": 1,
+         "phase2_epochs": 5}
+    (d / "params.yaml").write_text(yaml.safe_dump({"parameters": p, "plumbing": {"data_dir": "data"},
+                                                   "environment": {"git_commit": "abcdef0123", "git_dirty": dirty}}))
+    pd.DataFrame([{"final_top1_err_pct": clean + 1, "best_top1_err_pct": clean, "clean_protocol_top1_err_pct": clean,
+                   "paper_protocol_top1_err_pct": paper, "final_top5_err_pct": 1.0, "final_macro_f1": 0.5,
+                   "final_loss": 1.0, "final_kernel_macs": macs, "final_flops": 2 * macs, "final_params": params,
+                   "total_params": params + 10, "trainable_params": params, "non_trainable_params": 10,
+                   "final_latency_ms": 1.0}]).to_csv(d / "summary.csv", index=False)
+    pd.DataFrame([{"output": "final", "n": n_test}]).to_csv(d / "exits.csv", index=False)
+    (d / "DONE").write_text("ok\n")
+
+
+def test_paper_table_layout_values_and_caption(tmp_path):
+    prof = tmp_path / "demo"
+    for seed, (c, p) in enumerate([(50.0, 48.0), (52.0, 49.0)]):  # two seeds of the elastic CIFAR-10 run
+        _run(prof, "mobilenet_0.75", "cifar10", "elastic", seed, c, p, 1000, 6_400_000)
+    _run(prof, "mobilenet_0.75", "cifar10", "baseline", 0, 60.0, 59.0, 1000, 6_400_000)
+    _run(prof, "mobilenet_0.75", "cifar100", "baseline", 0, 80.0, 79.5, 1090, 6_410_000, dirty=True)
+    long = aggregate.long_table(str(prof))
+    md = aggregate.paper_table(long).splitlines()
+    header = [c.strip() for c in md[0].strip("|").split("|")]
+    assert len(header) <= 6 and header[0] == "model"
+    rows = {r.split("|")[1].strip(): [c.strip() for c in r.strip("|").split("|")] for r in md[2:]}
+    assert list(rows) == ["MobileNet (α = 0.75)", "Elastic-MobileNet (α = 0.75)"]  # baseline first, paper names
+    # mean ± sample std over the two seeds: clean 51 ± 1.41, paper 48.5 ± 0.71; the paper's Table I 7.82
+    assert rows["Elastic-MobileNet (α = 0.75)"][1] == "51.00 ± 1.41 · 48.50 ± 0.71 [7.82]"
+    assert rows["MobileNet (α = 0.75)"][1] == "60.00 · 59.00 [10.37]"
+    assert rows["MobileNet (α = 0.75)"][2] == "80.00 · 79.50 [38.60]"
+    # each dataset's own model: the CIFAR-100 head has more parameters
+    assert rows["MobileNet (α = 0.75)"][3] == "6.4 · 6.4" and rows["MobileNet (α = 0.75)"][4] == "1,000 · 1,090"
+    assert rows["Elastic-MobileNet (α = 0.75)"][2] == ""  # no CIFAR-100 elastic run
+    cap = aggregate.caption("demo", str(prof), long)
+    for words in ("4 runs", "32 px", "random init", "all training images", "CIFAR-10 100", "seeds 0, 1",
+                  "clean protocol", "paper protocol", "kernel MACs", "abcdef0, abcdef0 with uncommitted changes"):
+        assert words in cap, words
+
+
+def test_resnet50_legacy_stands_beside_the_papers_resnet50():
+    ref = aggregate.paper_errors().set_index(["backbone", "dataset", "variant"])["paper_err_pct"]
+    assert ref[("resnet50_legacy", "cifar10", "baseline")] == ref[("resnet50", "cifar10", "baseline")] == 5.54
+    assert ref[("resnet50_legacy", "cifar100", "elastic")] == 24.20
