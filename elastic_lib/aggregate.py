@@ -5,8 +5,8 @@ import os
 
 import pandas as pd
 
-from . import plots, results
-from .config import ROOT, interactive_dir
+from . import plots, provenance, results, stats
+from .config import ROOT, ConfigError, interactive_dir, load_profile
 
 METRICS = [("final_top1_err_pct", "err_final"), ("best_top1_err_pct", "err_best_output"),
            ("clean_protocol_top1_err_pct", "err_clean_protocol"), ("paper_protocol_top1_err_pct", "err_paper_protocol"),
@@ -172,6 +172,85 @@ def caption(profile: str, profile_dir: str, long: pd.DataFrame) -> str:
             "Top-5, F1, loss, best output, latency: `table_diagnostics.md`.\n")
 
 
+def _final_errors(preds: pd.DataFrame, backbone: str, dataset: str, variant: str, seed) -> pd.Series:
+    """0/1 top-1 errors of one run's final output per test image, in image order."""
+    p = preds[(preds["backbone"] == backbone) & (preds["dataset"] == dataset) & (preds["variant"] == variant)
+              & (preds["seed"] == seed)].sort_values("image_index")
+    return pd.Series(p["pred_final"].to_numpy() != p["label"].to_numpy())
+
+
+def _pair_row(backbone: str, dataset: str, err: dict, mine: list[dict]) -> dict:
+    mean, lo, hi = stats.t_interval([r["diff_pts"] for r in mine])
+    seeds = [r["seed"] for r in mine]
+    blo, bhi = stats.paired_bootstrap([err["elastic", s] for s in seeds], [err["baseline", s] for s in seeds])
+    return {"backbone": backbone, "dataset": dataset, "n_seeds": len(seeds),
+            "elastic_err_mean_pct": sum(r["elastic_err_pct"] for r in mine) / len(mine),
+            "baseline_err_mean_pct": sum(r["baseline_err_pct"] for r in mine) / len(mine),
+            "diff_mean_pts": mean, "diff_ci95_seeds_low_pts": lo, "diff_ci95_seeds_high_pts": hi,
+            "diff_ci95_images_low_pts": blo, "diff_ci95_images_high_pts": bhi,
+            "mcnemar_p_max": max(r["mcnemar_p"] for r in mine)}
+
+
+def paired_differences(profile_dir: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Elastic minus baseline, final-output top-1 test error, for every backbone x dataset with both
+    variants: (one row per pair with the mean over the seeds both have, the 95% t interval over
+    seeds, the 95% per-image paired bootstrap interval and the largest exact-McNemar p over seeds;
+    one row per seed with its McNemar counts). In points of error (%); negative = elastic better."""
+    summary = results.collect(profile_dir, "summary.csv")
+    preds = results.collect(profile_dir, "predictions.csv")
+    if summary.empty or preds.empty:
+        return pd.DataFrame(), pd.DataFrame()
+    rows, per_seed = [], []
+    for (bb, ds), d in summary.groupby(["backbone", "dataset"], sort=True):
+        seeds = sorted(set(d.loc[d["variant"] == "elastic", "seed"]) & set(d.loc[d["variant"] == "baseline", "seed"]))
+        err, mine = {}, []
+        for seed in seeds:
+            for var in ("elastic", "baseline"):
+                err[var, seed] = _final_errors(preds, bb, ds, var, seed).to_numpy()
+            b, c, pval = stats.mcnemar_exact(~err["elastic", seed], ~err["baseline", seed])
+            e, base = 100 * err["elastic", seed].mean(), 100 * err["baseline", seed].mean()
+            mine.append({"backbone": bb, "dataset": ds, "seed": seed, "elastic_err_pct": e, "baseline_err_pct": base,
+                         "diff_pts": e - base, "only_elastic_right": b, "only_baseline_right": c, "mcnemar_p": pval,
+                         "test_images": len(err["elastic", seed])})
+        if mine:
+            rows.append(_pair_row(bb, ds, err, mine))
+            per_seed += mine
+    return pd.DataFrame(rows), pd.DataFrame(per_seed)
+
+
+def verdict(r) -> str:
+    """One sentence on a pair of ``paired_differences``: does the elastic gain hold, and by how much."""
+    name = f"{DATASET_NAMES.get(r['dataset'], r['dataset'])}, {PAPER_NAMES.get(r['backbone'], r['backbone'])}"
+    seeds_ci = not pd.isna(r["diff_ci95_seeds_low_pts"])
+    lo, hi = ((r["diff_ci95_seeds_low_pts"], r["diff_ci95_seeds_high_pts"]) if seeds_ci
+              else (r["diff_ci95_images_low_pts"], r["diff_ci95_images_high_pts"]))
+    word = ("the elastic gain holds" if hi < 0 else "the elastic model is worse" if lo > 0
+            else "no difference resolved")
+    over = f"{int(r['n_seeds'])} seeds" if seeds_ci else "test images (1 seed: no interval over seeds)"
+    return (f"{name}: elastic − baseline final-output error {r['diff_mean_pts']:+.2f} points, 95% CI over {over} "
+            f"[{lo:+.2f}, {hi:+.2f}]; per-image paired bootstrap [{r['diff_ci95_images_low_pts']:+.2f}, "
+            f"{r['diff_ci95_images_high_pts']:+.2f}]; exact McNemar p ≤ {r['mcnemar_p_max']:.2g} in every seed: {word}.")
+
+
+def stale_caption(profile_dir: str, profile: str | None = None) -> str:
+    """A warning naming the runs whose code, notebook, parameters (as ``profile`` defines them now)
+    or data changed since they were made."""
+    cfgs = {}
+    if profile:
+        try:
+            cfgs = {os.path.basename(r.output_dir): r for r in load_profile(profile, os.path.dirname(profile_dir)).runs}
+        except ConfigError:
+            pass
+    stale = {os.path.basename(r): provenance.changes(r, cfgs.get(os.path.basename(r)))
+             for r in results.completed_runs(profile_dir)}
+    stale = {k: v for k, v in stale.items() if v}
+    if not stale:
+        return ""
+    lines = [f"- `{k}`: {'; '.join(v)}" for k, v in sorted(stale.items())]
+    return (f"**Warning: {len(stale)} run(s) are stale** (made by other code, notebook, parameters or data than "
+            "the working tree's; `./run_all.sh --rerun-stale` redoes them):\n" + "\n".join(lines) + "\n")
+
+
 def machine_caption(profile_dir: str) -> str:
     """Which machine(s) made the numbers; trained numbers move across CPUs (README, Reproducibility)."""
     names = results.machines(profile_dir)
@@ -206,6 +285,31 @@ def output_dirs(profile: str, tables_dir: str | None = None, figures_dir: str | 
     return tables_dir, figures_dir or os.path.join(tables_dir, "figures")
 
 
+def write_tables(profile: str, profile_dir: str, out_dir: str, long: pd.DataFrame) -> dict:
+    """The table in Table I's layout with its caption, paired elastic-vs-baseline statements and
+    stale warning; the diagnostics table; the CSVs behind them. Returns what it wrote."""
+    written = {}
+    written["long"] = results.write_csv(out_dir, "table_error_flops_long.csv", long)
+    written["table"] = results.write_csv(out_dir, "table_error_flops.csv", wide_table(long))
+    pairs, per_seed = paired_differences(profile_dir)
+    if not pairs.empty:
+        written["paired"] = results.write_csv(out_dir, "paired_differences.csv", pairs)
+        written["paired_per_seed"] = results.write_csv(out_dir, "paired_differences_per_seed.csv", per_seed)
+    verdicts = "".join(f"- {verdict(r)}\n" for _, r in pairs.iterrows())
+    md = os.path.join(out_dir, "table_error_flops.md")
+    header = f"<!-- generated by elastic_lib.aggregate from results/{profile}/*/summary.csv -->\n"
+    warn = stale_caption(profile_dir, profile)
+    results.atomic_write_text(md, header + (warn + "\n" if warn else "") + paper_table(long) + "\n"
+                              + caption(profile, profile_dir, long) + "\n"
+                              + ("Elastic vs. baseline (paired, `paired_differences.csv`):\n" + verdicts + "\n"
+                                 if verdicts else "") + machine_caption(profile_dir))
+    written["markdown"] = md
+    diag = os.path.join(out_dir, "table_diagnostics.md")
+    results.atomic_write_text(diag, header + markdown_table(long) + "\n" + machine_caption(profile_dir))
+    written["diagnostics"] = diag
+    return written
+
+
 def write_all(profile: str, results_root: str | None = None, tables_dir: str | None = None,
               figures_dir: str | None = None) -> dict:
     """Reads the completed runs of ``<results_root>/<profile>/``; writes the tables into
@@ -216,16 +320,7 @@ def write_all(profile: str, results_root: str | None = None, tables_dir: str | N
     if long.empty:
         raise FileNotFoundError(f"no completed runs in {profile_dir}; run ./run_all.sh --profile {profile} first")
     written = {"tables_dir": out_dir, "figures_dir": fig_dir}
-    written["long"] = results.write_csv(out_dir, "table_error_flops_long.csv", long)
-    written["table"] = results.write_csv(out_dir, "table_error_flops.csv", wide_table(long))
-    md = os.path.join(out_dir, "table_error_flops.md")
-    header = f"<!-- generated by elastic_lib.aggregate from results/{profile}/*/summary.csv -->\n"
-    results.atomic_write_text(md, header + paper_table(long) + "\n" + caption(profile, profile_dir, long) + "\n"
-                              + machine_caption(profile_dir))
-    written["markdown"] = md
-    diag = os.path.join(out_dir, "table_diagnostics.md")
-    results.atomic_write_text(diag, header + markdown_table(long) + "\n" + machine_caption(profile_dir))
-    written["diagnostics"] = diag
+    written |= write_tables(profile, profile_dir, out_dir, long)
 
     summary = results.collect(profile_dir, "summary.csv")
     exits = results.collect(profile_dir, "exits.csv")

@@ -21,7 +21,7 @@ import time
 
 import yaml
 
-from . import results
+from . import provenance, results
 from .results import repo_relative
 from .config import ROOT, ConfigError, list_profiles, load_profile
 
@@ -236,9 +236,10 @@ def run_one(cfg, force: bool, timeout_s: float | None, runners: list, out=None) 
         os.close(fd)
 
 
-def _run_all(todo, jobs: int, force: bool, timeout_s: float | None, out) -> list[tuple[str, str]]:
+def _run_all(todo, jobs: int, force: bool, timeout_s: float | None, out, redo=frozenset()) -> list[tuple[str, str]]:
     """Every run of ``todo`` (in parallel when jobs > 1), progress with ETA; the failures.
-    SIGTERM/SIGINT stop the run in flight; finished runs stay DONE."""
+    ``redo``: run directories done over although DONE (stale ones). SIGTERM/SIGINT stop the run
+    in flight; finished runs stay DONE."""
     failures: list[tuple[str, str]] = []
     runners: list[Runner] = []
     start = time.perf_counter()
@@ -253,7 +254,7 @@ def _run_all(todo, jobs: int, force: bool, timeout_s: float | None, out) -> list
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         def one(cfg):
-            return run_one(cfg, force, timeout_s, runners, out)
+            return run_one(cfg, force or cfg.output_dir in redo, timeout_s, runners, out)
 
         if jobs <= 1:
             iterator = map(one, todo)
@@ -320,7 +321,7 @@ def cpu_estimate(runs, dryrun_dir: str = os.path.join(ROOT, "results", "paper-dr
 def run_profile(profile: str, only: str | None = None, jobs: int = 1, force: bool = False,
                 data_dir: str | None = None, results_root: str | None = None, figures_root: str | None = None,
                 aggregate: bool = True, timeout_s: float | None = None, out=sys.stdout,
-                allow_cpu: bool = False) -> int:
+                allow_cpu: bool = False, rerun_stale: bool = False) -> int:
     prof, runs = _prepare(profile, only, data_dir, results_root)
     if prof.requires_gpu and not allow_cpu and runs:
         found = gpus()
@@ -337,12 +338,21 @@ def run_profile(profile: str, only: str | None = None, jobs: int = 1, force: boo
               f"{', '.join(r.run_id() for r in prof.runs)}", file=out)
         return 2
     print(f"profile {prof.name}: {len(runs)} run(s){' (' + prof.description + ')' if prof.description else ''}", file=out)
-    todo = [r for r in runs if force or not results.is_done(r.output_dir)]
+    todo, redo = [], set()
     for r in runs:
-        if r not in todo:
+        state, why = ("todo", []) if force else provenance.status(r.output_dir, r, r.data_dir or None)
+        if force or state == "todo" or (state == "stale" and rerun_stale):
+            todo.append(r)
+            if state == "stale":
+                print(f"  redo {os.path.basename(r.output_dir)}: stale ({'; '.join(why)})", file=out)
+                redo.add(r.output_dir)
+        elif state == "stale":
+            print(f"  keep {os.path.basename(r.output_dir)}: DONE but stale ({'; '.join(why)}); "
+                  "--rerun-stale redoes it", file=out)
+        else:
             print(f"  skip {os.path.basename(r.output_dir)}: already DONE (use --force to redo)", file=out)
     start = time.perf_counter()
-    failures = _run_all(todo, jobs, force, timeout_s, out)
+    failures = _run_all(todo, jobs, force, timeout_s, out, redo)
     if aggregate:
         err = _aggregate(prof, os.path.dirname(runs[0].output_dir), figures_root, timeout_s, out)
         if err:
@@ -353,6 +363,26 @@ def run_profile(profile: str, only: str | None = None, jobs: int = 1, force: boo
             print(f"  {rid}: {msg}", file=out)
         return 1
     print(f"all {len(runs)} run(s) complete in {_fmt(time.perf_counter() - start)}", file=out)
+    return 0
+
+
+def list_runs(profile: str, only: str | None = None, results_root: str | None = None, data_dir: str | None = None,
+              out=sys.stdout) -> int:
+    """Each run of the profile: done, stale (and what changed since it was made) or todo."""
+    runs = select(load_profile(profile, results_root).runs, only)
+    if data_dir:
+        data_dir = os.path.abspath(os.path.expanduser(data_dir))
+    counts = {"done": 0, "stale": 0, "todo": 0}
+    unchecked = 0
+    for r in runs:
+        state, why = provenance.status(r.output_dir, r, data_dir)
+        counts[state] += 1
+        if state != "todo" and not provenance.data_checked(r.output_dir, data_dir):
+            unchecked += 1
+        print(f"{os.path.basename(r.output_dir)}\t{state}" + (f"\t{'; '.join(why)}" if why else ""), file=out)
+    print(f"# {', '.join(f'{v} {k}' for k, v in counts.items())}"
+          + (f"; data not checked for {unchecked} run(s) (not found here: pass --data-dir)" if unchecked else ""),
+          file=out)
     return 0
 
 
@@ -391,17 +421,18 @@ def main(argv=None) -> int:
     ap.add_argument("--timeout", type=float, default=None, help="seconds per run before it is killed")
     ap.add_argument("--allow-cpu", action="store_true",
                     help="run a profile marked requires_gpu (paper) on a machine without an NVIDIA GPU")
-    ap.add_argument("--list", action="store_true", help="list the runs of the profile and exit")
+    ap.add_argument("--rerun-stale", action="store_true",
+                    help="also redo DONE runs that are stale (their code, notebook, parameters or data changed)")
+    ap.add_argument("--list", action="store_true",
+                    help="list the runs of the profile as done, stale (with what changed) or todo, and exit")
     a = ap.parse_args(argv)
     try:
         if a.list:
-            for r in select(load_profile(a.profile, a.results_root).runs, a.only):
-                print(f"{os.path.basename(r.output_dir)}\t{'DONE' if results.is_done(r.output_dir) else 'todo'}")
-            return 0
+            return list_runs(a.profile, a.only, a.results_root, a.data_dir)
         if a.aggregate_only:
             return aggregate_profile(a.profile, a.results_root, a.figures_root, a.timeout)
         return run_profile(a.profile, a.only, a.jobs, a.force, a.data_dir, a.results_root, a.figures_root,
-                           not a.no_aggregate, a.timeout, allow_cpu=a.allow_cpu)
+                           not a.no_aggregate, a.timeout, allow_cpu=a.allow_cpu, rerun_stale=a.rerun_stale)
     except (ConfigError, results.LockUnsupportedError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

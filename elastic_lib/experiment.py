@@ -18,7 +18,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from . import complexity, early_exit, metrics, protocols, results
+from . import complexity, early_exit, metrics, protocols, provenance, results
 from .backbones import get_backbone
 from .config import RunConfig
 from .data import load_dataset, make_pipeline
@@ -198,7 +198,17 @@ class Experiment:
         results.write_csv(self.run_dir, "exits.csv", self.exits, ["depth_index"])
         results.write_csv(self.run_dir, "per_class.csv", self.per_class, ["output", "class_index"])
         results.write_csv(self.run_dir, "confusion.csv", self.confusion.reset_index())
+        results.write_csv(self.run_dir, "predictions.csv", self.predictions)
         return self.exits
+
+    @property
+    def predictions(self) -> pd.DataFrame:
+        """Per test image (in the test split's order): its label and every output's top-1 class;
+        the aggregation's paired per-image tests (McNemar, bootstrap) read it."""
+        self._require("predictions", "test_probs", "y_test")
+        cols = {"image_index": np.arange(len(self.y_test)), "label": self.y_test}
+        cols |= {f"pred_{name}": p.argmax(1) for name, p in zip(short_output_names(self.model), self.test_probs)}
+        return pd.DataFrame(cols)
 
     def worst_classes(self, by: str = "top1_acc", n: int = 10) -> pd.DataFrame:
         self._require("worst_classes", "per_class")
@@ -292,8 +302,10 @@ class Experiment:
         return df
 
     def finish(self) -> str:
-        """summary.csv, then DONE (unless the batch driver writes it after saving the notebook)."""
+        """summary.csv, the run's fingerprint (params.yaml: what made it, see provenance), then DONE
+        (unless the batch driver writes it after saving the notebook)."""
         self.summary()
+        provenance.record(self.run_dir, self.cfg)
         results.remove_tree(self.state_dir)  # finished: nothing left to resume
         with contextlib.suppress(FileNotFoundError):
             os.remove(os.path.join(self.run_dir, PROGRESS))

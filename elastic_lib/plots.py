@@ -79,58 +79,72 @@ def _labelled(fig, ax, xlabel: str, ylabel: str, title: str, legend: dict | None
 # ---------------------------------------------------------------- one run
 @styled
 def training_curves(history: pd.DataFrame, title: str = ""):
-    """Left: total train/val loss per epoch (phase boundary dashed). Right: validation
-    accuracy of every output (dark = shallow, light = deep; final in red)."""
+    """Left: total train/val loss per epoch. Right: validation top-1 error (%) of every output
+    (dark = shallow, light = deep; the final output in red). A dashed line where phase 2 starts."""
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.8))
-    a.plot(history["epoch"], history["loss"], "o-", label="train loss (weighted sum)")
-    a.plot(history["epoch"], history["val_loss"], "s-", label="val loss (weighted sum)")
+    a.plot(history["epoch"], history["loss"], "o-", label="train loss (weighted sum of outputs)")
+    a.plot(history["epoch"], history["val_loss"], "s-", label="val loss (weighted sum of outputs)")
     outs = [c[len("val_"):-len("_accuracy")] for c in history.columns if c.startswith("val_") and c.endswith("_accuracy")]
-    pal = _output_palette(len(outs))
-    for color, out in zip(pal, outs):
-        kw = dict(color="tab:red", lw=2.5, label="final") if out == "final" else dict(color=color, lw=1, alpha=0.8)
-        b.plot(history["epoch"], history[f"val_{out}_accuracy"], **kw)
+    exits = [o for o in outs if o != "final"]
+    pal = _output_palette(len(exits))
+    for color, out in zip(pal, exits):
+        is_edge = out in (exits[0], exits[-1])
+        b.plot(history["epoch"], 100 * (1 - history[f"val_{out}_accuracy"]), color=color, lw=1, alpha=0.8,
+               label=f"{out} ({'shallowest' if out == exits[0] else 'deepest'} exit)" if is_edge else None)
+    if "final" in outs:
+        b.plot(history["epoch"], 100 * (1 - history["val_final_accuracy"]), color="tab:red", lw=2.5, label="final output")
     for ax in (a, b):
         if (history["phase"] == 2).any() and (history["phase"] == 1).any():
-            ax.axvline(history.loc[history["phase"] == 2, "epoch"].min() - 0.5, color="gray", ls="--", lw=1)
-        ax.set_xlabel("epoch (dashed line: phase 1 frozen | phase 2 all layers)")
+            ax.axvline(history.loc[history["phase"] == 2, "epoch"].min() - 0.5, color="gray", ls="--", lw=1,
+                       label="phase 2 starts (all layers train)" if ax is a else None)
+        ax.set_xlabel("epoch")
     a.set_ylabel("loss")
     a.legend(fontsize=8)
-    b.set_ylabel("validation accuracy")
-    b.set_ylim(0, 1.02)
-    b.legend(fontsize=8, loc="lower right")
+    b.set_ylabel("validation top-1 error (%)")
+    b.set_ylim(0, 100)
+    b.legend(fontsize=8, loc="upper right", title=f"{len(outs)} outputs" if len(outs) > 1 else None, title_fontsize=8)
     fig.suptitle(title or "training curves")
     fig.tight_layout()
     return fig
 
 
 @styled
-def error_vs_depth(exits: pd.DataFrame, baseline_err: float | None = None, title: str = "", x: str = "depth_index"):
-    """Top-1 test error of every output against its depth (the paper's per-depth plot)."""
+def error_vs_depth(exits: pd.DataFrame, baseline_err: float | None = None, title: str = ""):
+    """Top-1 and top-5 test error (%) of every output against the kernel MACs it costs (the
+    original code's FLOPs convention); the final output is marked apart from the last exit."""
     fig, ax = plt.subplots(figsize=(7, 3.8))
-    ax.plot(exits[x], exits["top1_err_pct"], "o-", label="elastic outputs (top-1)")
-    ax.plot(exits[x], exits["top5_err_pct"], "^--", alpha=0.6, label="elastic outputs (top-5)")
+    ex = exits[exits["output"] != "final"]
+    fin = exits[exits["output"] == "final"]
+    x = lambda d: d["kernel_macs_to_output"] / 1e6  # noqa: E731
+    ax.plot(x(ex), ex["top1_err_pct"], "o-", label="exits (top-1)")
+    ax.plot(x(ex), ex["top5_err_pct"], "^--", alpha=0.6, label="exits (top-5)")
+    if not fin.empty:
+        ax.plot(x(fin), fin["top1_err_pct"], "*", color="tab:red", ms=13, label="final output (top-1)")
+        ax.plot(x(fin), fin["top5_err_pct"], "*", color="tab:red", ms=9, alpha=0.5, label="final output (top-5)")
     if baseline_err is not None:
         ax.axhline(baseline_err, color="tab:red", ls=":", label=f"baseline final ({baseline_err:.2f}%)")
-    ax.set_xticks(exits[x])
-    ax.set_xticklabels(exits["output"], rotation=60, fontsize=8)
-    ax.set_ylim(0, max(100, exits["top1_err_pct"].max() * 1.05) if exits["top1_err_pct"].max() > 50 else None)
-    return _labelled(fig, ax, "output (shallowest -> final)", "test error (%)", title or "error vs. depth")
+    ax.set_ylim(0, 100)
+    return _labelled(fig, ax, "kernel MACs to the output (M; convention: kernel_macs)", "test error (%)",
+                     title or "error vs. depth")
 
 
 @styled
-def accuracy_vs_flops(sweep: pd.DataFrame, exits: pd.DataFrame, summary: pd.DataFrame | None = None, title: str = ""):
-    """Test accuracy vs. expected FLOPs (convention 'flops'): dynamic threshold sweeps and
-    every fixed exit; selected policies (thresholds from validation) marked."""
+def early_exit_error(sweep: pd.DataFrame, exits: pd.DataFrame, summary: pd.DataFrame | None = None, title: str = ""):
+    """Top-1 test error (%) vs. expected kernel MACs per image: the dynamic threshold sweeps of
+    both criteria (heads evaluated on the way included), every fixed exit, and the operating
+    points chosen on validation."""
     fig, ax = plt.subplots(figsize=(7, 4))
     for crit, df in sweep.groupby("criterion", sort=True):
-        df = df.sort_values("test_expected_flops")
-        ax.plot(df["test_expected_flops"] / 1e6, 100 * df["test_acc"], "-", lw=1.5, label=f"dynamic ({crit})")
-    ax.plot(exits["flops_to_output"] / 1e6, 100 - exits["top1_err_pct"], "ko", ms=4, label="fixed exits")
+        df = df.sort_values("test_expected_kernel_macs")
+        ax.plot(df["test_expected_kernel_macs"] / 1e6, 100 * (1 - df["test_acc"]), "-", lw=1.5,
+                label=f"dynamic, {crit} threshold sweep")
+    ax.plot(exits["kernel_macs_to_output"] / 1e6, exits["top1_err_pct"], "ko", ms=4, label="fixed exits (that output alone)")
     if summary is not None:
-        for _, r in summary.iterrows():
-            ax.plot(r["expected_flops"] / 1e6, 100 * r["test_acc"], "*", ms=12, label=r["policy"])
-    return _labelled(fig, ax, "expected MFLOPs per image (convention: flops)", "test accuracy (%)",
-                     title or "early exit: accuracy vs. FLOPs", {"loc": "lower right"})
+        for (_, r), m in zip(summary.iterrows(), "*^vPXd"):
+            ax.plot(r["expected_kernel_macs"] / 1e6, 100 * (1 - r["test_acc"]), m, ms=11, mfc="none", mew=2,
+                    label=f"chosen on val: {r['policy']}")
+    return _labelled(fig, ax, "expected kernel MACs per image (M; convention: kernel_macs)", "top-1 test error (%)",
+                     title or "early exit: error vs. kernel MACs", {"loc": "upper right", "fontsize": 8})
 
 
 @styled

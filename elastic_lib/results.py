@@ -2,7 +2,7 @@
 
 Layout: ``results/<profile>/<backbone>__<dataset>__<variant>[__seed<N>]/`` with
 ``params.yaml``, ``notebook.ipynb``, ``history.csv``, ``exits.csv``, ``per_class.csv``,
-``confusion.csv``, ``complexity.csv``, ``early_exit.csv``, ``early_exit_summary.csv``,
+``confusion.csv``, ``predictions.csv``, ``complexity.csv``, ``early_exit.csv``, ``early_exit_summary.csv``,
 ``exit_rates.csv``, ``latency.csv``, ``same_depth.csv`` (optional), then ``DONE`` (last).
 """
 from __future__ import annotations

@@ -51,3 +51,33 @@ def test_resnet50_legacy_stands_beside_the_papers_resnet50():
     ref = aggregate.paper_errors().set_index(["backbone", "dataset", "variant"])["paper_err_pct"]
     assert ref[("resnet50_legacy", "cifar10", "baseline")] == ref[("resnet50", "cifar10", "baseline")] == 5.54
     assert ref[("resnet50_legacy", "cifar100", "elastic")] == 24.20
+
+
+def _predictions(run_dir, wrong: set[int], n: int = 20):
+    """predictions.csv of n images with label i % 10; the images in ``wrong`` predicted wrong."""
+    labels = [i % 10 for i in range(n)]
+    pd.DataFrame({"image_index": range(n), "label": labels,
+                  "pred_final": [(lab + 1) % 10 if i in wrong else lab for i, lab in enumerate(labels)]}).to_csv(
+        run_dir / "predictions.csv", index=False)
+
+
+def test_paired_differences_over_seeds_and_images(tmp_path):
+    prof = tmp_path / "demo"
+    # seed 0: elastic wrong on {0,1}, baseline on {0,2,3,4} -> 10% vs 20%, only elastic right on 3, only baseline on 1
+    # seed 1: elastic wrong on {5}, baseline on {5,6,7}  ->  5% vs 15%, only elastic right on 2, only baseline on 0
+    for seed, (we, wb) in enumerate([({0, 1}, {0, 2, 3, 4}), ({5}, {5, 6, 7})]):
+        _run(prof, "mobilenet_0.75", "cifar10", "elastic", seed, 10, 10, 1000, 1)
+        _run(prof, "mobilenet_0.75", "cifar10", "baseline", seed, 20, 20, 1000, 1)
+        _predictions(prof / f"mobilenet_0.75__cifar10__elastic__seed{seed}", we)
+        _predictions(prof / f"mobilenet_0.75__cifar10__baseline__seed{seed}", wb)
+    pairs, per_seed = aggregate.paired_differences(str(prof))
+    assert list(per_seed["diff_pts"]) == [-10.0, -10.0]
+    assert list(per_seed["only_elastic_right"]) == [3, 2] and list(per_seed["only_baseline_right"]) == [1, 0]
+    # exact McNemar by hand: seed 0: 2 * P(X <= 1 | 4, 1/2) = 2 * 5/16; seed 1: 2 * P(X <= 0 | 2, 1/2) = 2 * 1/4
+    assert per_seed["mcnemar_p"].tolist() == [0.625, 0.5]
+    r = pairs.iloc[0]
+    assert (r["n_seeds"], r["elastic_err_mean_pct"], r["baseline_err_mean_pct"], r["diff_mean_pts"]) == (2, 7.5, 17.5, -10)
+    assert r["diff_ci95_seeds_low_pts"] == r["diff_ci95_seeds_high_pts"] == -10  # no spread over seeds
+    assert r["diff_ci95_images_low_pts"] < -10 < r["diff_ci95_images_high_pts"] and r["mcnemar_p_max"] == 0.625
+    text = aggregate.verdict(r)
+    assert "CIFAR-10" in text and "-10.00 points" in text and "2 seeds" in text and "the elastic gain holds" in text

@@ -100,12 +100,16 @@ def test_longest_function_in_elastic_lib_is_under_50_lines():
 def test_profiles_expand_and_validate():
     from elastic_lib.config import list_profiles, load_profile
 
-    assert {"smoke", "cifar-mini", "paper"} <= set(list_profiles())
+    assert {"smoke", "cifar-mini", "cifar-backbones", "paper"} <= set(list_profiles())
     for name in list_profiles():
         assert load_profile(name).runs
-    mini = {r.run_id(): r for r in load_profile("cifar-mini").runs}
+    mini = {r.run_id(): r for r in load_profile("cifar-backbones").runs}
     assert mini["inception_v3__cifar10__elastic"].image_size == 75  # override beats a default below its minimum
     assert mini["densenet169__cifar100__elastic"].compare_depth_of == "densenet121"
+    converged = load_profile("cifar-mini").runs  # MobileNet-0.75, both CIFAR subsets, both variants, 3 seeds
+    assert len(converged) == 12 and {r.seed for r in converged} == {0, 1, 2}
+    assert {r.dataset for r in converged} == {"cifar10", "cifar100"} and {r.backbone for r in converged} == {"mobilenet_0.75"}
+    assert all(r.output_dir.endswith(f"__seed{r.seed}") for r in converged)
     paper = load_profile("paper")
     assert {r.backbone for r in paper.runs} == {"mobilenet_0.75", "inception_v3", "resnet50_legacy", "densenet121",
                                                  "densenet169", "vgg16"}

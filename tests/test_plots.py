@@ -28,7 +28,7 @@ def test_plot_is_styled_inside_and_restores_every_setting():
     plt.ioff()
     before = dict(plt.rcParams)
     exits = pd.DataFrame({"depth_index": [1, 2], "top1_err_pct": [30.0, 5.0], "top5_err_pct": [10.0, 1.0],
-                          "output": ["exit01", "final"]})
+                          "output": ["exit01", "final"], "kernel_macs_to_output": [1e6, 2e6]})
     fig = plots.error_vs_depth(exits)
     ax = fig.axes[0]
     assert ax.xaxis._major_tick_kw.get("gridOn") or ax.yaxis._major_tick_kw.get("gridOn")  # the style's grid
@@ -95,4 +95,45 @@ def test_training_curves_show_error_and_where_phase_2_starts():
     assert [list(ln.get_ydata()) for ln in ax.get_lines() if ln.get_marker() == "o"][0] == pytest.approx([50, 20, 10])
     dashed = [ln for ln in ax.get_lines() if ln.get_linestyle() == "--"]
     assert len(dashed) == 1 and list(dashed[0].get_xdata()) == [1.5, 1.5]
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------- one run's figures: the same convention
+def test_run_figures_use_kernel_macs_and_error():
+    from elastic_lib import plots
+
+    ex, summary, sweeps, _ = _profile_frames()
+    ex["top5_err_pct"] = [20.0, 10.0, 9.0]
+    fig = plots.error_vs_depth(ex)
+    ax = fig.axes[0]
+    assert "kernel MACs" in ax.get_xlabel() and ax.get_ylabel() == "test error (%)"
+    lines = {ln.get_label(): ln for ln in ax.get_lines()}
+    assert list(lines["exits (top-1)"].get_xdata()) == [1.0, 3.0]  # the final output is drawn apart
+    assert list(lines["final output (top-1)"].get_xydata()[0]) == [3.1, 28.0]
+    plt.close(fig)
+
+    run_summary = pd.DataFrame({"policy": ["dynamic_max_prob"], "test_acc": [0.69], "expected_kernel_macs": [2.5e6]})
+    fig = plots.early_exit_error(sweeps[["criterion", "threshold", "test_acc", "test_expected_kernel_macs"]], ex, run_summary)
+    ax = fig.axes[0]
+    assert ax.get_ylabel() == "top-1 test error (%)" and "kernel MACs" in ax.get_xlabel()
+    lines = {ln.get_label(): ln for ln in ax.get_lines()}
+    assert list(lines["dynamic, entropy threshold sweep"].get_ydata()) == pytest.approx([50.0, 40.0, 30.0])
+    assert list(lines["chosen on val: dynamic_max_prob"].get_xydata()[0]) == pytest.approx([2.5, 31.0])
+    plt.close(fig)
+
+
+def test_run_training_curves_show_validation_error_and_phase_2():
+    from elastic_lib import plots
+
+    h = pd.DataFrame({"epoch": [1, 2, 3], "phase": [1, 2, 2], "loss": [3.0, 2.0, 1.5], "val_loss": [3.1, 2.2, 1.8],
+                      "val_exit01_accuracy": [0.2, 0.3, 0.4], "val_exit02_accuracy": [0.3, 0.5, 0.6],
+                      "val_final_accuracy": [0.4, 0.6, 0.75]})
+    fig = plots.training_curves(h)
+    a, b = fig.axes
+    assert b.get_ylabel() == "validation top-1 error (%)"
+    lines = {ln.get_label(): ln for ln in b.get_lines()}
+    assert list(lines["final output"].get_ydata()) == pytest.approx([60.0, 40.0, 25.0])
+    assert "exit01 (shallowest exit)" in lines and "exit02 (deepest exit)" in lines
+    phase = [ln for ln in a.get_lines() if ln.get_label().startswith("phase 2 starts")]
+    assert phase and list(phase[0].get_xdata()) == [1.5, 1.5]
     plt.close(fig)
