@@ -47,7 +47,8 @@ FROZEN_BN = ("inference", "batch_stats")
 PRECISIONS = ("float32", "mixed_float16")
 STRATEGIES = ("default", "mirrored")
 PROFILE_KEYS = {"description", "base", "requires_gpu", "defaults", "grid", "overrides"}
-GRID_KEYS = {"backbone", "dataset", "variant", "seed", "label_mode", "image_size", "loss_weights", "exits"}
+GRID_KEYS = {"backbone", "dataset", "variant", "seed", "label_mode", "image_size", "loss_weights", "exits",
+             "phase2_learning_rate"}  # the last for hyperparameter sweeps (elastic_lib.selection)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(ROOT, "notebooks", "elastic_experiment.ipynb")
 INTERACTIVE_ENV = "ELASTIC_INTERACTIVE_DIR"
