@@ -172,11 +172,17 @@ def caption(profile: str, profile_dir: str, long: pd.DataFrame) -> str:
             "Top-5, F1, loss, best output, latency: `table_diagnostics.md`.\n")
 
 
-def _final_errors(preds: pd.DataFrame, backbone: str, dataset: str, variant: str, seed) -> pd.Series:
-    """0/1 top-1 errors of one run's final output per test image, in image order."""
-    p = preds[(preds["backbone"] == backbone) & (preds["dataset"] == dataset) & (preds["variant"] == variant)
-              & (preds["seed"] == seed)].sort_values("image_index")
-    return pd.Series(p["pred_final"].to_numpy() != p["label"].to_numpy())
+def _paired_errors(profile_dir: str, elastic_run: str, baseline_run: str) -> tuple:
+    """0/1 final-output top-1 errors of two runs on the same test images (matched on image_index,
+    labels checked); None when a run has no predictions.csv (made before it was written)."""
+    paths = [os.path.join(profile_dir, r, "predictions.csv") for r in (elastic_run, baseline_run)]
+    if not all(os.path.isfile(p) for p in paths):
+        return None
+    e, b = (pd.read_csv(p, usecols=["image_index", "label", "pred_final"]) for p in paths)
+    m = e.merge(b, on="image_index", suffixes=("_e", "_b"), validate="one_to_one")
+    if len(m) != len(e) or len(m) != len(b) or (m["label_e"] != m["label_b"]).any():
+        raise ValueError(f"{elastic_run} and {baseline_run} were not tested on the same images (image_index/labels differ)")
+    return (m["pred_final_e"] != m["label_e"]).to_numpy(), (m["pred_final_b"] != m["label_b"]).to_numpy()
 
 
 def _pair_row(backbone: str, dataset: str, err: dict, mine: list[dict]) -> dict:
@@ -195,23 +201,25 @@ def paired_differences(profile_dir: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Elastic minus baseline, final-output top-1 test error, for every backbone x dataset with both
     variants: (one row per pair with the mean over the seeds both have, the 95% t interval over
     seeds, the 95% per-image paired bootstrap interval and the largest exact-McNemar p over seeds;
-    one row per seed with its McNemar counts). In points of error (%); negative = elastic better."""
+    one row per seed with its McNemar counts). In points of error (%); negative = elastic better.
+    Seeds whose runs lack predictions.csv are left out."""
     summary = results.collect(profile_dir, "summary.csv")
-    preds = results.collect(profile_dir, "predictions.csv")
-    if summary.empty or preds.empty:
+    if summary.empty:
         return pd.DataFrame(), pd.DataFrame()
     rows, per_seed = [], []
     for (bb, ds), d in summary.groupby(["backbone", "dataset"], sort=True):
-        seeds = sorted(set(d.loc[d["variant"] == "elastic", "seed"]) & set(d.loc[d["variant"] == "baseline", "seed"]))
+        runs = {(r["variant"], r["seed"]): r["run"] for _, r in d.iterrows()}
         err, mine = {}, []
-        for seed in seeds:
-            for var in ("elastic", "baseline"):
-                err[var, seed] = _final_errors(preds, bb, ds, var, seed).to_numpy()
-            b, c, pval = stats.mcnemar_exact(~err["elastic", seed], ~err["baseline", seed])
-            e, base = 100 * err["elastic", seed].mean(), 100 * err["baseline", seed].mean()
+        for seed in sorted({s for v, s in runs if v == "elastic"} & {s for v, s in runs if v == "baseline"}):
+            pair = _paired_errors(profile_dir, runs["elastic", seed], runs["baseline", seed])
+            if pair is None:
+                continue
+            err["elastic", seed], err["baseline", seed] = pair
+            b, c, pval = stats.mcnemar_exact(~pair[0], ~pair[1])
+            e, base = 100 * pair[0].mean(), 100 * pair[1].mean()
             mine.append({"backbone": bb, "dataset": ds, "seed": seed, "elastic_err_pct": e, "baseline_err_pct": base,
                          "diff_pts": e - base, "only_elastic_right": b, "only_baseline_right": c, "mcnemar_p": pval,
-                         "test_images": len(err["elastic", seed])})
+                         "test_images": len(pair[0])})
         if mine:
             rows.append(_pair_row(bb, ds, err, mine))
             per_seed += mine
@@ -219,16 +227,19 @@ def paired_differences(profile_dir: str) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def verdict(r) -> str:
-    """One sentence on a pair of ``paired_differences``: does the elastic gain hold, and by how much."""
+    """One sentence on a pair of ``paired_differences``: the gain holds only when the interval over
+    seeds (with two or more) and the per-image paired bootstrap interval both exclude zero."""
     name = f"{DATASET_NAMES.get(r['dataset'], r['dataset'])}, {PAPER_NAMES.get(r['backbone'], r['backbone'])}"
     seeds_ci = not pd.isna(r["diff_ci95_seeds_low_pts"])
-    lo, hi = ((r["diff_ci95_seeds_low_pts"], r["diff_ci95_seeds_high_pts"]) if seeds_ci
-              else (r["diff_ci95_images_low_pts"], r["diff_ci95_images_high_pts"]))
-    word = ("the elastic gain holds" if hi < 0 else "the elastic model is worse" if lo > 0
-            else "no difference resolved")
-    over = f"{int(r['n_seeds'])} seeds" if seeds_ci else "test images (1 seed: no interval over seeds)"
-    return (f"{name}: elastic − baseline final-output error {r['diff_mean_pts']:+.2f} points, 95% CI over {over} "
-            f"[{lo:+.2f}, {hi:+.2f}]; per-image paired bootstrap [{r['diff_ci95_images_low_pts']:+.2f}, "
+    ivals = [(r["diff_ci95_images_low_pts"], r["diff_ci95_images_high_pts"])]
+    if seeds_ci:
+        ivals.append((r["diff_ci95_seeds_low_pts"], r["diff_ci95_seeds_high_pts"]))
+    word = ("the elastic gain holds" if all(hi < 0 for _, hi in ivals) else
+            "the elastic model is worse" if all(lo > 0 for lo, _ in ivals) else "no difference resolved")
+    over = (f"95% CI over {int(r['n_seeds'])} seeds [{r['diff_ci95_seeds_low_pts']:+.2f}, "
+            f"{r['diff_ci95_seeds_high_pts']:+.2f}]; " if seeds_ci else "1 seed (no interval over seeds); ")
+    return (f"{name}: elastic − baseline final-output error {r['diff_mean_pts']:+.2f} points, {over}"
+            f"95% per-image paired bootstrap [{r['diff_ci95_images_low_pts']:+.2f}, "
             f"{r['diff_ci95_images_high_pts']:+.2f}]; exact McNemar p ≤ {r['mcnemar_p_max']:.2g} in every seed: {word}.")
 
 
@@ -292,9 +303,12 @@ def write_tables(profile: str, profile_dir: str, out_dir: str, long: pd.DataFram
     written["long"] = results.write_csv(out_dir, "table_error_flops_long.csv", long)
     written["table"] = results.write_csv(out_dir, "table_error_flops.csv", wide_table(long))
     pairs, per_seed = paired_differences(profile_dir)
-    if not pairs.empty:
-        written["paired"] = results.write_csv(out_dir, "paired_differences.csv", pairs)
-        written["paired_per_seed"] = results.write_csv(out_dir, "paired_differences_per_seed.csv", per_seed)
+    for name, df in (("paired_differences.csv", pairs), ("paired_differences_per_seed.csv", per_seed)):
+        if df.empty:  # no pair (any more): no file left from an earlier aggregation
+            if os.path.isfile(os.path.join(out_dir, name)):
+                os.remove(os.path.join(out_dir, name))
+        else:
+            written[name] = results.write_csv(out_dir, name, df)
     verdicts = "".join(f"- {verdict(r)}\n" for _, r in pairs.iterrows())
     md = os.path.join(out_dir, "table_error_flops.md")
     header = f"<!-- generated by elastic_lib.aggregate from results/{profile}/*/summary.csv -->\n"

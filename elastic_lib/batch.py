@@ -17,6 +17,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import yaml
@@ -72,6 +73,7 @@ def _notebook_cmd(notebook: str, out: str, params_file: str) -> list[str]:
 
 
 PROGRESS_EVERY_S = float(os.environ.get("ELASTIC_PROGRESS_S", "30"))
+STOPPING = threading.Event()  # set by SIGTERM/SIGINT: no worker starts another notebook
 
 
 def progress_line(run_dir: str) -> str | None:
@@ -98,6 +100,8 @@ class Runner:
     def execute(self, notebook: str, out: str, params: dict, lock_fd: int | None = None) -> tuple[bool, str]:
         """Run ``notebook`` with papermill into ``out`` (via a .partial file); (ok, log tail)."""
         check_parameters(notebook, params)
+        if STOPPING.is_set():  # interrupted while this worker was getting ready: start nothing
+            return False, "interrupted before the notebook started"
         folder = os.path.dirname(out)
         params_file = os.path.join(folder, ".papermill_params.yaml")
         results.atomic_write_text(params_file, yaml.safe_dump(params, sort_keys=True))
@@ -137,19 +141,23 @@ class Runner:
                 self.show_progress()
 
     def show_progress(self) -> None:
-        """Print the run's progress line if it changed since it was last printed."""
+        """Print the run's progress line if it changed since it was last printed (runs in flight only)."""
+        child = self.child
+        if child is None or child.poll() is not None:
+            return
         line = progress_line(self.folder) if self.out is not None and self.folder else None
         if line and line != self.shown:
             print(f"  {self.label}: {line}", file=self.out, flush=True)
             self.shown = line
 
     def kill(self) -> None:
-        if self.child is not None and self.child.poll() is None:
-            os.killpg(self.child.pid, signal.SIGTERM)
+        child = self.child  # a worker thread may reset self.child meanwhile
+        if child is not None and child.poll() is None:
+            os.killpg(child.pid, signal.SIGTERM)
             try:
-                self.child.wait(timeout=20)
+                child.wait(timeout=20)
             except subprocess.TimeoutExpired:
-                os.killpg(self.child.pid, signal.SIGKILL)
+                os.killpg(child.pid, signal.SIGKILL)
 
 
 def _error_summary(log_tail: str) -> str:
@@ -245,12 +253,14 @@ def _run_all(todo, jobs: int, force: bool, timeout_s: float | None, out, redo=fr
     start = time.perf_counter()
 
     def on_signal(signum, _frame):
+        STOPPING.set()
         for rn in runners:
             rn.show_progress()  # where it stood, even if the last poll had not shown it yet
             rn.kill()
         print(f"\ninterrupted by signal {signum}: finished runs are kept; rerun to complete the rest", file=out)
         sys.exit(128 + signum)
 
+    STOPPING.clear()
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         def one(cfg):

@@ -37,6 +37,7 @@ class Experiment:
         self.cfg.validate()
         self.run_dir = os.path.abspath(self.cfg.run_dir())
         self.determinism: dict | None = None       # setup()
+        self.code: dict | None = None               # setup(): library and notebook hashes at the start
         self.splits = None                          # load_data()
         self.model = None                           # build_model()
         self.costs: pd.DataFrame | None = None      # build_model()
@@ -65,6 +66,7 @@ class Experiment:
         of an interrupted run with the same parameters (``resume/``) is kept: train() goes on
         from its last finished epoch; with other parameters it is discarded."""
         os.makedirs(self.run_dir, exist_ok=True)
+        self.code = provenance.code_hashes()  # the code this run starts with (its fingerprint, resume stamp)
         results.clear_run(self.run_dir)
         self._keep_or_drop_resume_state()
         self.determinism = set_determinism(self.cfg.seed)
@@ -77,8 +79,9 @@ class Experiment:
         return os.path.join(self.run_dir, "resume")
 
     def _keep_or_drop_resume_state(self) -> None:
+        """Keep resume/ only when it was left by a run of the same parameters and the same code."""
         stamp = os.path.join(self.state_dir, "parameters.json")
-        mine = json.dumps(self.cfg.experiment_params(), sort_keys=True)
+        mine = json.dumps({"parameters": self.cfg.experiment_params(), "code": self.code}, sort_keys=True)
         if os.path.isdir(self.state_dir):
             with contextlib.suppress(FileNotFoundError), open(stamp) as f:
                 if f.read() == mine:
@@ -305,7 +308,7 @@ class Experiment:
         """summary.csv, the run's fingerprint (params.yaml: what made it, see provenance), then DONE
         (unless the batch driver writes it after saving the notebook)."""
         self.summary()
-        provenance.record(self.run_dir, self.cfg)
+        provenance.record(self.run_dir, self.cfg, self.code)
         results.remove_tree(self.state_dir)  # finished: nothing left to resume
         with contextlib.suppress(FileNotFoundError):
             os.remove(os.path.join(self.run_dir, PROGRESS))

@@ -1,5 +1,6 @@
 """The aggregated paper-style table from hand-made run directories (golden values written by hand)."""
 import pandas as pd
+import pytest
 import yaml
 
 from elastic_lib import aggregate
@@ -80,4 +81,37 @@ def test_paired_differences_over_seeds_and_images(tmp_path):
     assert r["diff_ci95_seeds_low_pts"] == r["diff_ci95_seeds_high_pts"] == -10  # no spread over seeds
     assert r["diff_ci95_images_low_pts"] < -10 < r["diff_ci95_images_high_pts"] and r["mcnemar_p_max"] == 0.625
     text = aggregate.verdict(r)
-    assert "CIFAR-10" in text and "-10.00 points" in text and "2 seeds" in text and "the elastic gain holds" in text
+    # 20 images: the seeds agree exactly, but the per-image interval reaches 0: nothing is claimed
+    assert "CIFAR-10" in text and "-10.00 points" in text and "2 seeds" in text and "no difference resolved" in text
+
+
+def test_the_gain_holds_only_when_seeds_and_images_both_exclude_zero(tmp_path):
+    prof = tmp_path / "demo"
+    for seed, extra in enumerate([30, 36, 32]):  # 200 images; baseline wrong on elastic's 10 plus 30, 36, 32 more
+        _run(prof, "mobilenet_0.75", "cifar10", "elastic", seed, 5, 5, 1000, 1)
+        _run(prof, "mobilenet_0.75", "cifar10", "baseline", seed, 20, 20, 1000, 1)
+        _predictions(prof / f"mobilenet_0.75__cifar10__elastic__seed{seed}", set(range(10)), n=200)
+        _predictions(prof / f"mobilenet_0.75__cifar10__baseline__seed{seed}", set(range(10 + extra)), n=200)
+    pairs, per_seed = aggregate.paired_differences(str(prof))
+    assert per_seed["diff_pts"].tolist() == [-15.0, -18.0, -16.0]
+    r = pairs.iloc[0]  # t interval by hand: -16.33 -/+ 4.303 * 1.528 / sqrt(3) = [-20.13, -12.54]
+    assert (r["diff_ci95_seeds_low_pts"], r["diff_ci95_seeds_high_pts"]) == (pytest.approx(-20.13, abs=0.01),
+                                                                          pytest.approx(-12.54, abs=0.01))
+    assert r["diff_ci95_seeds_high_pts"] < 0 and r["diff_ci95_images_high_pts"] < 0
+    assert "the elastic gain holds" in aggregate.verdict(r)
+
+
+def test_paired_differences_skip_runs_without_predictions_and_refuse_other_images(tmp_path):
+    prof = tmp_path / "demo"
+    for seed in (0, 1):
+        _run(prof, "mobilenet_0.75", "cifar10", "elastic", seed, 5, 5, 1000, 1)
+        _run(prof, "mobilenet_0.75", "cifar10", "baseline", seed, 20, 20, 1000, 1)
+    _predictions(prof / "mobilenet_0.75__cifar10__elastic__seed0", {1})
+    _predictions(prof / "mobilenet_0.75__cifar10__baseline__seed0", {1, 2})
+    _predictions(prof / "mobilenet_0.75__cifar10__elastic__seed1", {1})  # its baseline has none: seed 1 left out
+    pairs, per_seed = aggregate.paired_differences(str(prof))
+    assert per_seed["seed"].tolist() == [0] and pairs.iloc[0]["n_seeds"] == 1
+    assert "1 seed (no interval over seeds)" in aggregate.verdict(pairs.iloc[0])
+    _predictions(prof / "mobilenet_0.75__cifar10__baseline__seed1", {1}, n=30)  # other images
+    with pytest.raises(ValueError, match="not tested on the same images"):
+        aggregate.paired_differences(str(prof))

@@ -79,3 +79,25 @@ def test_a_run_without_fingerprint_is_stale(tmp_path):
     (d / "params.yaml").write_text(yaml.safe_dump({"parameters": {"backbone": "mobilenet_0.75", **TINY}}))
     (d / "DONE").write_text("ok\n")
     assert provenance.status(str(d))[0] == "stale" and "no fingerprint" in provenance.status(str(d))[1][0]
+
+
+def test_the_data_part_rehashes_the_recorded_file_and_never_crashes_when_it_is_gone(tmp_path):
+    from elastic_lib.config import RunConfig
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "cifar-10-python.tar.gz").write_bytes(b"archive v1")
+    cfg = RunConfig.from_dict({"backbone": "mobilenet_0.75", "dataset": "cifar10", "data_dir": str(data)})
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "params.yaml").write_text(yaml.safe_dump({"parameters": cfg.experiment_params(),
+                                                     "plumbing": {"data_dir": str(data)}}))
+    (run / "DONE").write_text("ok\n")
+    provenance.record(str(run), cfg)
+    fp = results.read_params_yaml(str(run))["fingerprint"]
+    assert fp["data"] == hashlib.sha256(b"archive v1").hexdigest() and fp["data_source"].endswith("cifar-10-python.tar.gz")
+    assert provenance.status(str(run)) == ("done", []) and provenance.data_checked(str(run))
+    (data / "cifar-10-python.tar.gz").write_bytes(b"archive v2")
+    assert provenance.status(str(run)) == ("stale", ["data: the dataset's files differ"])
+    shutil.rmtree(data)  # results copied to a machine without the data: unchecked, not an error
+    assert provenance.status(str(run)) == ("done", []) and not provenance.data_checked(str(run))
