@@ -376,6 +376,13 @@ def run_profile(profile: str, only: str | None = None, jobs: int = 1, force: boo
     return 0
 
 
+def _data_unchecked(run_dir: str, data_dir: str | None) -> bool:
+    """The run recorded its data's hash, but the data is not found here (nothing to compare)."""
+    fp = results.read_params_yaml(run_dir).get("fingerprint") or {} if os.path.isfile(
+        os.path.join(run_dir, "params.yaml")) else {}
+    return fp.get("data") is not None and not provenance.data_checked(run_dir, data_dir)
+
+
 def list_runs(profile: str, only: str | None = None, results_root: str | None = None, data_dir: str | None = None,
               out=sys.stdout) -> int:
     """Each run of the profile: done, stale (and what changed since it was made) or todo."""
@@ -387,12 +394,13 @@ def list_runs(profile: str, only: str | None = None, results_root: str | None = 
     for r in runs:
         state, why = provenance.status(r.output_dir, r, data_dir)
         counts[state] += 1
-        if state != "todo" and not provenance.data_checked(r.output_dir, data_dir):
+        if state != "todo" and _data_unchecked(r.output_dir, data_dir):
             unchecked += 1
         print(f"{os.path.basename(r.output_dir)}\t{state}" + (f"\t{'; '.join(why)}" if why else ""), file=out)
+    # the tally goes to stderr: stdout stays one line per run (slurm/run_pair.sbatch counts and indexes them)
     print(f"# {', '.join(f'{v} {k}' for k, v in counts.items())}"
           + (f"; data not checked for {unchecked} run(s) (not found here: pass --data-dir)" if unchecked else ""),
-          file=out)
+          file=sys.stderr if out is sys.stdout else out)
     return 0
 
 
