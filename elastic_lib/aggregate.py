@@ -161,9 +161,11 @@ def caption(profile: str, profile_dir: str, long: pd.DataFrame) -> str:
     data += (f" (a fraction {values('val_fraction')} of them for validation) from {source}; test images: "
              + ", ".join(f"{DATASET_NAMES.get(k, k)} {int(v):,}" for k, v in tests.items()))
     seeds = sorted({p["seed"] for p in runs})
+    ran = results.collect(profile_dir, "summary.csv").get("epochs_run", pd.Series(dtype=float)).dropna()
+    ran = f", {int(ran.min())}–{int(ran.max())} run (early stopping on validation loss)" if len(ran) else ""
     return (f"Profile `{profile}`: {len(runs)} runs; {values('image_size')} px; weights "
             f"{values('weights', lambda v: v or 'random init')}; {data}; up to {values('phase1_epochs')} + {values('phase2_epochs')} epochs "
-            f"(phase 1 + phase 2); seeds {', '.join(map(str, seeds))} (mean ± std over seeds when more than one). "
+            f"(phase 1 + phase 2){ran}; seeds {', '.join(map(str, seeds))} (mean ± std over seeds when more than one). "
             "Errors: **clean protocol** = the best-val_loss checkpoint tested once, of the last exit and the final head "
             "the one with the lower validation error; **paper protocol** = every output tested after each phase-2 "
             "epoch, the minimum over epochs of the better of the last exit and the final head (test-selected, as "

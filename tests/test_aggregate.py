@@ -18,7 +18,7 @@ def _run(root, backbone, dataset, variant, seed, clean, paper, params, macs, n_t
                    "paper_protocol_top1_err_pct": paper, "final_top5_err_pct": 1.0, "final_macro_f1": 0.5,
                    "final_loss": 1.0, "final_kernel_macs": macs, "final_flops": 2 * macs, "final_params": params,
                    "total_params": params + 10, "trainable_params": params, "non_trainable_params": 10,
-                   "final_latency_ms": 1.0}]).to_csv(d / "summary.csv", index=False)
+                   "final_latency_ms": 1.0, "epochs_run": 4 + seed}]).to_csv(d / "summary.csv", index=False)
     pd.DataFrame([{"output": "final", "n": n_test}]).to_csv(d / "exits.csv", index=False)
     (d / "DONE").write_text("ok\n")
 
@@ -44,7 +44,8 @@ def test_paper_table_layout_values_and_caption(tmp_path):
     assert rows["Elastic-MobileNet (α = 0.75)"][2] == ""  # no CIFAR-100 elastic run
     cap = aggregate.caption("demo", str(prof), long)
     for words in ("4 runs", "32 px", "random init", "all training images", "CIFAR-10 100", "seeds 0, 1",
-                  "clean protocol", "paper protocol", "kernel MACs", "abcdef0, abcdef0 with uncommitted changes"):
+                  "clean protocol", "paper protocol", "kernel MACs", "abcdef0, abcdef0 with uncommitted changes",
+                  "up to 1 + 5 epochs (phase 1 + phase 2), 4–5 run (early stopping on validation loss)"):
         assert words in cap, words
 
 
