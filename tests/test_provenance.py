@@ -101,3 +101,14 @@ def test_the_data_part_rehashes_the_recorded_file_and_never_crashes_when_it_is_g
     assert provenance.status(str(run)) == ("stale", ["data: the dataset's files differ"])
     shutil.rmtree(data)  # results copied to a machine without the data: unchecked, not an error
     assert provenance.status(str(run)) == ("done", []) and not provenance.data_checked(str(run))
+
+
+@pytest.mark.parametrize("profile", ["smoke", "cifar-mini"])
+def test_committed_runs_are_not_stale_at_head(profile):
+    """Every committed run was made by the code, notebook, parameters and data of this checkout.
+    (CIFAR data is compared where the subsets are found beside the repo, else left unchecked.)"""
+    runs = load_profile(profile).runs
+    assert runs and all(results.is_done(r.output_dir) for r in runs), "a run of the profile is not committed"
+    stale = {os.path.basename(r.output_dir): provenance.changes(r.output_dir, r) for r in runs}
+    assert not {k: v for k, v in stale.items() if v}, ("regenerate: ./run_all.sh --profile "
+                                                       f"{profile} --rerun-stale", stale)
