@@ -398,6 +398,7 @@ def list_runs(profile: str, only: str | None = None, results_root: str | None = 
             unchecked += 1
         print(f"{os.path.basename(r.output_dir)}\t{state}" + (f"\t{'; '.join(why)}" if why else ""), file=out)
     # the tally goes to stderr: stdout stays one line per run (slurm/run_pair.sbatch counts and indexes them)
+    out.flush()
     print(f"# {', '.join(f'{v} {k}' for k, v in counts.items())}"
           + (f"; data not checked for {unchecked} run(s) (not found here: pass --data-dir)" if unchecked else ""),
           file=sys.stderr if out is sys.stdout else out)
