@@ -164,9 +164,9 @@ def check_data_dir(name: str, data_dir: str) -> None:
                            f"or its extracted {spec['folder']}/ folder")
 
 
-def locate_cifar(name: str, data_dir: str | None = None) -> str:
+def locate_cifar(name: str, data_dir: str | None = None, download: bool = True) -> str | None:
     """Path of the CIFAR archive or extracted folder: ``data_dir``, $ELASTIC_DATA_DIR, the Keras
-    cache (~/.keras/datasets), else the official download."""
+    cache (~/.keras/datasets), else the official download (``download=False``: None instead)."""
     spec = _CIFAR[name]
     data_dir = data_dir or os.environ.get("ELASTIC_DATA_DIR") or None
     if data_dir:
@@ -181,7 +181,7 @@ def locate_cifar(name: str, data_dir: str | None = None) -> str:
     for candidate in (os.path.join(cache, spec["folder"]), os.path.join(cache, spec["archive"])):
         if os.path.exists(candidate):
             return candidate
-    return _download(name)
+    return _download(name) if download else None
 
 
 def load_cifar_arrays(name: str, data_dir: str | None = None, label_mode: str = "fine"):

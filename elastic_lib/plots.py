@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import textwrap
 
 import matplotlib.pyplot as plt
 import pandas as pd
@@ -260,10 +261,13 @@ def all_training_curves(history: pd.DataFrame):
         if not p2.empty:
             ax.axvline(p2.min() - 0.5, color="0.4", ls="--", lw=1)
             ax.text(p2.min() - 0.4, ax.get_ylim()[1], "phase 2", va="top", fontsize=8, color="0.3")
-    g.set_axis_labels("epoch", "val top-1 error, final output (%)")
+    g.set_axis_labels("epoch", "val top-1 error (%)")
     g.set_titles("{row_name}: {col_name}")
-    g.figure.suptitle("validation error of the final output per epoch (phase 1: backbone frozen; dashed line: "
-                      "phase 2, all layers, starts; mean ± sd over seeds)", y=1.03, fontsize=11)
+    width = max(40, int(14 * g.figure.get_figwidth()))  # characters per title line that fit the grid
+    g.figure.suptitle(textwrap.fill("validation error of the final output per epoch (phase 1: backbone frozen; "
+                                    "dashed line: phase 2, all layers, starts; mean ± sd over seeds)", width),
+                      fontsize=10)
+    g.tight_layout()
     return g.figure
 
 

@@ -78,13 +78,8 @@ def data_source(dataset: str, data_dir: str = "") -> str | None:
     data_dir = os.path.expanduser(data_dir) if data_dir else ""
     if data_dir and not os.path.isdir(data_dir):
         return None
-    if not data_dir and not os.environ.get("ELASTIC_DATA_DIR"):
-        spec = data._CIFAR[dataset]
-        cache = os.path.join(data.keras_home(), "datasets")
-        hits = [p for p in (os.path.join(cache, spec["folder"]), os.path.join(cache, spec["archive"])) if os.path.exists(p)]
-        return hits[0] if hits else None
     try:
-        return data.locate_cifar(dataset, data_dir or None)
+        return data.locate_cifar(dataset, data_dir or None, download=False)
     except data.DatasetError:
         return None
 

@@ -192,6 +192,9 @@ class ResumeState(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         state = self.read_state()
         self._t0 = time.time()
+        # Keras never resets ``_initial_epoch``: a phase-1 resume would make phase 2 (same model,
+        # next fit) skip as many epochs. Each phase starts where its own state says, or at 0.
+        self.model._initial_epoch = None
         if state is None:
             if os.path.exists(self.history_path):
                 os.remove(self.history_path)
@@ -210,6 +213,9 @@ class ResumeState(keras.callbacks.Callback):
                 self.es.best_weights = [z[f"w{i}"] for i in range(len(z.files))]
         hist = pd.read_csv(self.history_path)
         _atomic_csv(hist[hist["phase_epoch"] <= state["epoch"]], self.history_path)
+
+    def on_train_end(self, logs=None):
+        self.model._initial_epoch = None
 
     def on_epoch_end(self, epoch, logs=None):
         done = epoch + 1

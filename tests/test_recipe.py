@@ -183,6 +183,35 @@ def test_an_interrupted_run_resumes_at_its_last_finished_epoch(tmp_path, monkeyp
     assert not (tmp_path / "run" / "resume").exists() and (tmp_path / "run" / "DONE").exists()
 
 
+def test_a_run_interrupted_in_phase_1_trains_every_phase_2_epoch(tmp_path, monkeypatch):
+    """Killed after phase-1 epoch 2 was committed, the rerun trains phase-1 epoch 3 and then all of
+    phase 2 from its first epoch (Keras keeps a resumed ``_initial_epoch`` on the model; phase 2
+    must not inherit it: CI once saw phase 2 run zero epochs)."""
+    out = str(tmp_path / "run")
+    cfg = {**RESUME, "phase1_epochs": 3, "phase2_epochs": 2, "output_dir": out}
+    orig = training.ResumeState.on_epoch_end
+
+    def killed_after_phase1_epoch_2(self, epoch, logs=None):
+        orig(self, epoch, logs)
+        if self.phase == 1 and epoch + 1 == 2:
+            raise KeyboardInterrupt("simulated SIGTERM")
+
+    monkeypatch.setattr(training.ResumeState, "on_epoch_end", killed_after_phase1_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        experiment.run(cfg)
+    assert json.load(open(f"{out}/resume/phase1/state.json"))["epoch"] == 2
+
+    monkeypatch.setattr(training.ResumeState, "on_epoch_end", orig)
+    begun = []
+    orig_begin = training.ResumeState.on_epoch_begin
+    monkeypatch.setattr(training.ResumeState, "on_epoch_begin",
+                        lambda self, epoch, logs=None: (begun.append((self.phase, epoch + 1)), orig_begin(self, epoch, logs)))
+    experiment.run(cfg)
+    assert begun == [(1, 3), (2, 1), (2, 2)]
+    hist = pd.read_csv(f"{out}/history.csv")
+    assert list(hist["phase"]) == [1, 1, 1, 2, 2] and list(hist["phase_epoch"]) == [1, 2, 3, 1, 2]
+
+
 def test_resume_state_of_other_parameters_is_discarded(tmp_path, monkeypatch):
     out = str(tmp_path / "run")
     (tmp_path / "run" / "resume").mkdir(parents=True)
