@@ -46,7 +46,8 @@ PREPROCESS = ("native", "inception")
 FROZEN_BN = ("inference", "batch_stats")
 PRECISIONS = ("float32", "mixed_float16")
 STRATEGIES = ("default", "mirrored")
-PROFILE_KEYS = {"description", "base", "requires_gpu", "defaults", "grid", "overrides"}
+PROFILE_KEYS = {"description", "base", "requires_gpu", "defaults", "grid", "overrides", "study"}
+STUDY_KEYS = {"notebook", "parameters"}  # a study notebook run once after the profile's runs
 GRID_KEYS = {"backbone", "dataset", "variant", "seed", "label_mode", "image_size", "loss_weights", "exits",
              "phase2_learning_rate"}  # the last for hyperparameter sweeps (elastic_lib.selection)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -260,6 +261,7 @@ class Profile:
     description: str
     runs: list[RunConfig] = field(default_factory=list)
     requires_gpu: bool = False  # ./run_all.sh refuses it without a GPU unless --allow-cpu
+    study: dict | None = None  # {"notebook": path of notebooks/<name>.ipynb, "parameters": {...}}
 
 
 def profile_path(name: str) -> str:
@@ -334,7 +336,25 @@ def load_profile(name: str, results_root: str | None = None) -> Profile:
     ids = [r.output_dir for r in runs]
     if len(set(ids)) != len(ids):
         raise ConfigError(f"{where}: two runs of the grid share a run directory; vary only grid axes")
-    return Profile(prof_name, str(spec.get("description", "")), runs, bool(spec.get("requires_gpu", False)))
+    return Profile(prof_name, str(spec.get("description", "")), runs, bool(spec.get("requires_gpu", False)),
+                   _study(spec.get("study"), where))
+
+
+def _study(study, where: str) -> dict | None:
+    """A profile's ``study``: the notebook (``notebooks/<name>.ipynb``) that ./run_all.sh runs once
+    after the grid's runs, and its parameters."""
+    if study is None:
+        return None
+    if not isinstance(study, dict) or set(study) - STUDY_KEYS or not isinstance(study.get("notebook"), str):
+        raise ConfigError(f"{where}: 'study' must be a mapping with 'notebook' (a name under notebooks/) and "
+                          f"optionally 'parameters' (a mapping), got {study!r}")
+    path = os.path.join(ROOT, "notebooks", f"{study['notebook']}.ipynb")
+    if not os.path.isfile(path):
+        raise ConfigError(f"{where}: study notebook {study['notebook']!r} not found: expected {os.path.relpath(path, ROOT)}")
+    params = study.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise ConfigError(f"{where}: study 'parameters' must be a mapping, got {type(params).__name__}")
+    return {"notebook": path, "parameters": params}
 
 
 def _checked(params: dict, where: str) -> RunConfig:

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from elastic_lib import results
+from elastic_lib import config, results
 from elastic_lib.config import ConfigError, RunConfig, load_profile
 from elastic_lib.results import atomic_write_text, clear_run, collect, try_lock
 
@@ -247,3 +247,21 @@ def test_remove_tree_is_all_or_nothing(tmp_path):
     remove_tree(str(d))
     assert sorted(p.name for p in tmp_path.iterdir()) == []
     remove_tree(str(d))  # nothing there: no error
+
+
+def test_a_profile_study_is_checked(tmp_path):
+    """A profile's ``study`` names a notebook under notebooks/ and carries a parameters mapping;
+    anything else is refused when the profile is read, before a run starts."""
+    base = {"defaults": {"dataset": "digits", "image_size": 32}, "grid": {"backbone": ["mobilenet_0.75"]}}
+    ok = tmp_path / "ok.yaml"
+    ok.write_text(yaml.safe_dump({**base, "study": {"notebook": "aggregate", "parameters": {"x": 1}}}))
+    study = config.load_profile(str(ok)).study
+    assert study["notebook"].endswith("notebooks/aggregate.ipynb") and study["parameters"] == {"x": 1}
+    assert config.load_profile("smoke").study is None
+    for bad, msg in (({"notebook": "no_such_notebook"}, "not found"), ({"parameters": {}}, "'notebook'"),
+                     ({"notebook": "aggregate", "typo": 1}, "'notebook'"),
+                     ({"notebook": "aggregate", "parameters": [1]}, "mapping")):
+        p = tmp_path / "bad.yaml"
+        p.write_text(yaml.safe_dump({**base, "study": bad}))
+        with pytest.raises(config.ConfigError, match=msg):
+            config.load_profile(str(p))
