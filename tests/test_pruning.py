@@ -1,0 +1,173 @@
+"""Channel pruning (elastic_lib.pruning) on the registry's VGG16 at 32x32 (random weights) and on
+a narrow VGG of the same layer names for the whole-model schedules."""
+import math
+
+import keras
+import numpy as np
+import pytest
+from keras import layers
+
+from elastic_lib import complexity, pruning
+from elastic_lib.exits import build_elastic_model
+
+LAYER = "block3_conv1"  # its producer block2_conv2 also feeds exit02 (through block2_pool)
+
+
+@pytest.fixture(scope="module")
+def vgg():
+    keras.utils.set_random_seed(0)
+    return build_elastic_model("vgg16", 10, 32, exits="all")
+
+
+@pytest.fixture(scope="module")
+def images():
+    return np.random.default_rng(0).normal(size=(160, 32, 32, 3)).astype("float32")
+
+
+@pytest.fixture(scope="module")
+def samples(vgg, images):
+    return pruning.sample(vgg, vgg, LAYER, images, points_per_image=10, seed=0)
+
+
+def _kernel(model, name):
+    return np.asarray(model.get_layer(name).kernel.numpy(), dtype=np.float64)
+
+
+@pytest.mark.parametrize("rule", pruning.RULES)
+@pytest.mark.parametrize("ratio", [1.5, 3.0, 4.0])
+def test_each_rule_keeps_exactly_the_asked_number_of_channels(vgg, images, rule, ratio):
+    pruned, info = pruning.prune_layer(vgg, LAYER, ratio, rule, images, points_per_image=4)
+    keep = math.ceil(128 / ratio)
+    assert info["kept"] == keep and info["channels"] == 128
+    assert pruned.get_layer("block2_conv2").filters == keep
+    assert tuple(pruned.get_layer(LAYER).kernel.shape) == (3, 3, keep, 256)
+    assert tuple(pruned.get_layer("exit_block2_pool_softmax").kernel.shape) == (keep, 10)
+    # everything else keeps its shape
+    for name in ("block2_conv1", "block3_conv2", "exit_block3_pool_softmax", "final_softmax"):
+        assert pruned.get_layer(name).kernel.shape == vgg.get_layer(name).kernel.shape
+    assert pruned.predict(images[:4], verbose=0)[-1].shape == (4, 10)
+
+
+@pytest.mark.parametrize("rule", pruning.RULES)
+def test_at_ratio_1_the_pruned_model_gives_the_original_outputs(vgg, images, rule):
+    pruned, info = pruning.prune_layer(vgg, LAYER, 1.0, rule, images, points_per_image=2)
+    assert pruned is not vgg and info["kept"] == 128  # a rebuilt model, not the same object
+    for a, b in zip(vgg.predict(images[:16], verbose=0), pruned.predict(images[:16], verbose=0)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_reconstruction_is_no_worse_than_the_sparse_vector_at_the_same_selection(vgg, samples):
+    kernel = _kernel(vgg, LAYER)
+    for keep in (96, 64, 32):
+        kept, beta = pruning.lasso_select(samples, kernel, keep)
+        assert len(kept) == keep
+        sparse = kernel[:, :, kept, :] * beta[kept][None, None, :, None]
+        rebuilt = pruning.reconstruct(samples, kept, kernel.shape)
+        e_sparse = pruning.response_error(samples, kept, sparse)
+        e_rebuilt = pruning.response_error(samples, kept, rebuilt)
+        assert e_rebuilt <= e_sparse and e_rebuilt < 0.9 * e_sparse
+        # the moment-based error equals the error computed point by point
+        direct = np.einsum("pklc,klcn->pn", samples.x[..., kept], rebuilt)
+        ref = ((samples.y - direct) ** 2).sum() / (samples.y ** 2).sum()
+        assert e_rebuilt == pytest.approx(ref, rel=1e-6, abs=1e-12)
+
+
+def test_samples_target_is_the_original_consumer_response(vgg, images, samples):
+    """y at a sampled point = the consumer's pre-activation output minus its bias, computed by Keras."""
+    pre = keras.Model(vgg.inputs, vgg.get_layer(LAYER).input).predict(images[:1], verbose=0)
+    conv = vgg.get_layer(LAYER)
+    out = keras.ops.convert_to_numpy(keras.ops.conv(pre, conv.kernel, padding="same"))[0]
+    rng = np.random.default_rng(0)  # the same draw as sample(): first image's 10 positions
+    flat = rng.choice(8 * 8, 10, replace=False)
+    np.testing.assert_allclose(samples.y[:10], out[flat // 8, flat % 8], rtol=1e-4, atol=1e-4)
+
+
+def test_lasso_finds_the_channels_that_carry_the_response(vgg, samples):
+    """Scale down every input channel of the consumer's kernel except 20 spread live ones: LASSO
+    picks those 20; first_k (the first 20) does not, and rebuilds the response far worse."""
+    kernel = _kernel(vgg, LAYER).copy()
+    alive = np.flatnonzero((samples.x ** 2).sum(axis=(0, 1, 2)) > 0)  # ReLU channels that ever fire here
+    assert len(alive) >= 40
+    strong = alive[:: len(alive) // 20][:20]
+    weak = np.setdiff1d(np.arange(128), strong)
+    kernel[:, :, weak, :] *= 1e-3
+    y = np.einsum("pklc,klcn->pn", samples.x, kernel)
+    s = pruning.Samples(samples.x, y)
+    kept, _ = pruning.select("reconstruct", s, kernel, 20)
+    np.testing.assert_array_equal(kept, strong)
+    first, w_first = pruning.select("first_k", s, kernel, 20)
+    np.testing.assert_array_equal(first, np.arange(20))
+    assert pruning.response_error(s, first, w_first) > 10 * pruning.response_error(s, kept, pruning.reconstruct(s, kept, kernel.shape))
+    kept_mr, _ = pruning.select("max_response", s, kernel, 20)
+    np.testing.assert_array_equal(kept_mr, strong)  # the filter-norm rule sees the scaling too
+
+
+def test_the_pruned_model_is_smaller_by_the_walker(vgg, images):
+    pruned, _ = pruning.prune_layer(vgg, LAYER, 2.0, "first_k", images, points_per_image=2)
+    before, after = (complexity.layer_costs(m) for m in (vgg, pruned))
+    for name in ("block2_conv2", LAYER):  # both layers' kernel MACs fall by the ratio
+        assert before[name].kernel_macs / after[name].kernel_macs == pytest.approx(2.0, rel=0.01)
+    assert complexity.model_complexity(pruned)["total_params"] < complexity.model_complexity(vgg)["total_params"]
+
+
+def test_bad_requests_are_refused_early(vgg, images, samples):
+    with pytest.raises(ValueError, match="unknown pruning rule"):
+        pruning.select("random", samples, _kernel(vgg, LAYER), 10)
+    with pytest.raises(ValueError, match="speed-up ratio must be >= 1"):
+        pruning.prune_layer(vgg, LAYER, 0.5, "first_k", images)
+    with pytest.raises(ValueError, match="cannot be pruned"):
+        pruning.producer_of(vgg, "block1_conv1")
+    with pytest.raises(ValueError, match="no layer"):
+        pruning.producer_of(vgg, "conv4_2")
+    with pytest.raises(ValueError, match="unknown schedule"):
+        pruning.prune_model(vgg, "x3", images)
+
+
+def _narrow_vgg(num_classes=10, size=32):
+    """VGG16's layer names and topology, 4-16 filters: the whole-model schedules in seconds."""
+    widths = {1: 8, 2: 8, 3: 12, 4: 16, 5: 16}
+    x = inp = keras.Input((size, size, 3))
+    outputs = []
+    for b, n in ((1, 2), (2, 2), (3, 3), (4, 3), (5, 3)):
+        for i in range(1, n + 1):
+            x = layers.Conv2D(widths[b], 3, padding="same", activation="relu", name=f"block{b}_conv{i}")(x)
+        x = layers.MaxPooling2D(name=f"block{b}_pool")(x)
+        if b < 5:
+            e = layers.GlobalAveragePooling2D(name=f"exit_block{b}_pool_pool")(x)
+            e = layers.Dropout(0.2, name=f"exit_block{b}_pool_dropout")(e)
+            outputs.append(layers.Dense(num_classes, activation="softmax", name=f"exit_block{b}_pool_softmax")(e))
+    x = layers.Flatten(name="final_flatten")(x)
+    outputs.append(layers.Dense(num_classes, activation="softmax", name="final_softmax")(x))
+    return keras.Model(inp, outputs)
+
+
+@pytest.mark.parametrize("schedule", sorted(pruning.SCHEDULES))
+def test_whole_model_schedules_keep_their_fractions_and_leave_conv5_alone(images, schedule):
+    keras.utils.set_random_seed(1)
+    model = _narrow_vgg()
+    pruned, log = pruning.prune_model(model, schedule, images[:64], points_per_image=8, joint_epochs=1)
+    keep = pruning.SCHEDULES[schedule].keep
+    for name in pruning.SCHEDULES[schedule].producers:
+        assert pruned.get_layer(name).filters == math.ceil(keep * model.get_layer(name).filters - 1e-9)
+    for name in ("block5_conv1", "block5_conv2", "block5_conv3"):
+        assert pruned.get_layer(name).filters == 16
+    assert pruned.get_layer("block5_conv1").kernel.shape[2] == math.ceil(keep * 16)
+    joints = log[log["step"] == "joint"]
+    assert len(joints) == (10 if pruning.SCHEDULES[schedule].order == "iterative" else 1)
+    assert np.isfinite(joints["feature_rel_mse"]).all()
+    assert (log[log["step"] == "reconstruct"]["kept"].to_numpy() > 0).all()
+    ev = pruning.evaluate(pruned, images[:32], np.arange(32) % 10)
+    assert list(ev["output"]) == ["exit01", "exit02", "exit03", "exit04", "final"]
+    assert (ev["kernel_macs"] < complexity.model_complexity(model)["kernel_macs"]).all()
+
+
+def test_whole_model_table_has_the_study_layout():
+    import pandas as pd
+
+    def ev(t1, t3, t5):
+        return pd.DataFrame([{"top1_correct": t1, "top3_correct": t3, "top5_correct": t5, "top1_err": 1 - t1 / 100,
+                              "top3_err": 1 - t3 / 100, "top5_err": 1 - t5 / 100, "params": 10, "kernel_macs": 100}])
+    t = pruning.whole_model_table([("ours, no fine-tune", "x2", ev(60, 80, 90))], ev(70, 85, 95))
+    assert list(t.columns[:11]) == ["model", "ratio", "top1", "top3", "top5", "top1-e", "top3-e", "top5-e",
+                                    "top1-e-inc", "top3-e-inc", "top5-e-inc"]
+    assert t.iloc[1]["top1-e-inc"] == pytest.approx(0.1) and t.iloc[1]["top5-e"] == pytest.approx(0.1)
