@@ -298,6 +298,19 @@ def _aggregate(prof, profile_dir: str, figures_root: str | None, timeout_s: floa
     return None if ok else _error_summary(tail)
 
 
+def _study(prof, profile_dir: str, figures_root: str | None, timeout_s: float | None, out) -> str | None:
+    """The profile's study notebook (``study:`` in its YAML) over its completed runs, with the
+    profile's study parameters; executed into ``results/<profile>/<notebook>.ipynb``."""
+    nb = prof.study["notebook"]
+    name = os.path.splitext(os.path.basename(nb))[0]
+    print(f"study {name}: {repo_relative(nb)} -> {repo_relative(profile_dir)}/", file=out, flush=True)
+    params = {**prof.study["parameters"], "profile": prof.name,
+              "results_root": repo_relative(os.path.dirname(profile_dir)), "tables_dir": repo_relative(profile_dir),
+              "figures_dir": repo_relative(os.path.join(figures_root or os.path.join(ROOT, "figures"), prof.name))}
+    ok, tail = Runner(timeout_s).execute(nb, os.path.join(profile_dir, f"{name}.ipynb"), params)
+    return None if ok else _error_summary(tail)
+
+
 def gpus() -> list[str]:
     """NVIDIA GPUs that ``nvidia-smi -L`` lists (the same test scripts/tf_flavour.sh makes to
     install the CUDA build of TensorFlow); no TensorFlow import."""
@@ -328,11 +341,42 @@ def cpu_estimate(runs, dryrun_dir: str = os.path.join(ROOT, "results", "paper-dr
             f"days for {max_epochs} epochs (batch-1 latencies measured by results/paper-dryrun on a 2-core CPU)")
 
 
+def _check_study(prof, study: bool | None) -> None:
+    """The profile's study notebook declares the parameters the profile gives it; --study needs one."""
+    if prof.study:
+        check_parameters(prof.study["notebook"], {**prof.study["parameters"], "profile": prof.name,
+                                                  "results_root": "", "tables_dir": "", "figures_dir": ""})
+    elif study:
+        raise ConfigError(f"profile {prof.name!r} has no study notebook (a 'study:' key in its YAML)")
+
+
+def _plan(runs, force: bool, rerun_stale: bool, out) -> tuple[list, set]:
+    """The runs to do (todo, never run, and stale ones with --rerun-stale; all with --force) and
+    the stale ones among them; one line per run that is kept or skipped."""
+    todo, redo = [], set()
+    for r in runs:
+        state, why = ("todo", []) if force else provenance.status(r.output_dir, r, r.data_dir or None)
+        if force or state == "todo" or (state == "stale" and rerun_stale):
+            todo.append(r)
+            if state == "stale":
+                print(f"  redo {os.path.basename(r.output_dir)}: stale ({'; '.join(why)})", file=out)
+                redo.add(r.output_dir)
+        elif state == "stale":
+            print(f"  keep {os.path.basename(r.output_dir)}: DONE but stale ({'; '.join(why)}); "
+                  "--rerun-stale redoes it", file=out)
+        else:
+            print(f"  skip {os.path.basename(r.output_dir)}: already DONE (use --force to redo)", file=out)
+    return todo, redo
+
+
 def run_profile(profile: str, only: str | None = None, jobs: int = 1, force: bool = False,
                 data_dir: str | None = None, results_root: str | None = None, figures_root: str | None = None,
                 aggregate: bool = True, timeout_s: float | None = None, out=sys.stdout,
-                allow_cpu: bool = False, rerun_stale: bool = False) -> int:
+                allow_cpu: bool = False, rerun_stale: bool = False, study: bool | None = None) -> int:
+    """``study``: run the profile's study notebook after aggregating (None: when this call
+    (re)made a run; the trained weights it needs are not committed)."""
     prof, runs = _prepare(profile, only, data_dir, results_root)
+    _check_study(prof, study)
     if prof.requires_gpu and not allow_cpu and runs:
         found = gpus()
         if not found:
@@ -348,25 +392,18 @@ def run_profile(profile: str, only: str | None = None, jobs: int = 1, force: boo
               f"{', '.join(r.run_id() for r in prof.runs)}", file=out)
         return 2
     print(f"profile {prof.name}: {len(runs)} run(s){' (' + prof.description + ')' if prof.description else ''}", file=out)
-    todo, redo = [], set()
-    for r in runs:
-        state, why = ("todo", []) if force else provenance.status(r.output_dir, r, r.data_dir or None)
-        if force or state == "todo" or (state == "stale" and rerun_stale):
-            todo.append(r)
-            if state == "stale":
-                print(f"  redo {os.path.basename(r.output_dir)}: stale ({'; '.join(why)})", file=out)
-                redo.add(r.output_dir)
-        elif state == "stale":
-            print(f"  keep {os.path.basename(r.output_dir)}: DONE but stale ({'; '.join(why)}); "
-                  "--rerun-stale redoes it", file=out)
-        else:
-            print(f"  skip {os.path.basename(r.output_dir)}: already DONE (use --force to redo)", file=out)
+    todo, redo = _plan(runs, force, rerun_stale, out)
     start = time.perf_counter()
     failures = _run_all(todo, jobs, force, timeout_s, out, redo)
     if aggregate:
         err = _aggregate(prof, os.path.dirname(runs[0].output_dir), figures_root, timeout_s, out)
         if err:
             failures.append(("aggregate", err))
+    made = any(results.is_done(r.output_dir) for r in todo)
+    if prof.study and (study or (study is None and made)) and not failures:
+        err = _study(prof, os.path.dirname(runs[0].output_dir), figures_root, timeout_s, out)
+        if err:
+            failures.append(("study", err))
     if failures:
         print(f"\n{len(failures)} failure(s):", file=out)
         for rid, msg in failures:
@@ -437,6 +474,9 @@ def main(argv=None) -> int:
     ap.add_argument("--no-aggregate", action="store_true", help="skip the aggregation notebook")
     ap.add_argument("--aggregate-only", action="store_true",
                     help="only the aggregation notebook over the completed runs (e.g. after a SLURM array)")
+    ap.add_argument("--study", action=argparse.BooleanOptionalAction, default=None,
+                    help="run the profile's study notebook (e.g. channel pruning) after aggregating; default: "
+                         "when this call trained a run (it needs the trained weights, which are not committed)")
     ap.add_argument("--timeout", type=float, default=None, help="seconds per run before it is killed")
     ap.add_argument("--allow-cpu", action="store_true",
                     help="run a profile marked requires_gpu (paper) on a machine without an NVIDIA GPU")
@@ -451,7 +491,8 @@ def main(argv=None) -> int:
         if a.aggregate_only:
             return aggregate_profile(a.profile, a.results_root, a.figures_root, a.timeout)
         return run_profile(a.profile, a.only, a.jobs, a.force, a.data_dir, a.results_root, a.figures_root,
-                           not a.no_aggregate, a.timeout, allow_cpu=a.allow_cpu, rerun_stale=a.rerun_stale)
+                           not a.no_aggregate, a.timeout, allow_cpu=a.allow_cpu, rerun_stale=a.rerun_stale,
+                           study=a.study)
     except (ConfigError, results.LockUnsupportedError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

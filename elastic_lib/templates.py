@@ -21,13 +21,16 @@ import tempfile
 
 from .config import INTERACTIVE_ENV, ROOT
 
-TEMPLATES = ("notebooks/elastic_experiment.ipynb", "notebooks/aggregate.ipynb")
+TEMPLATES = ("notebooks/elastic_experiment.ipynb", "notebooks/aggregate.ipynb")  # nbval's, with stored outputs
+# study notebooks: run by ./run_all.sh (a profile's `study:`), guarded the same way, stored without
+# outputs and not collected by nbval (tests run them end to end through the driver on a tiny profile)
+STUDY_TEMPLATES = ("notebooks/channel_pruning.ipynb",)
 EDIT_ENV = "ELASTIC_EDIT_TEMPLATES"
 PERSONAL_DIR = "notebooks/personal"
 
 
 def template_paths() -> list[str]:
-    return [os.path.realpath(os.path.join(ROOT, t)) for t in TEMPLATES]
+    return [os.path.realpath(os.path.join(ROOT, t)) for t in TEMPLATES + STUDY_TEMPLATES]
 
 
 def is_template(os_path: str) -> bool:
@@ -134,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         for rel in refresh(a.names or None):
             print("refreshed", rel)
         return 0
-    bad = {rel: kernel_metadata_mismatches(os.path.join(ROOT, rel)) for rel in TEMPLATES}
+    bad = {rel: kernel_metadata_mismatches(os.path.join(ROOT, rel)) for rel in TEMPLATES + STUDY_TEMPLATES}
     for rel, issues in bad.items():
         print(rel, "ok" if not issues else "\n  " + "\n  ".join(issues))
     return 1 if any(bad.values()) else 0

@@ -23,7 +23,7 @@ class FakeContentsManager:
         return os.path.join(self.root_dir, path.strip("/"))
 
 
-@pytest.mark.parametrize("rel", templates.TEMPLATES)
+@pytest.mark.parametrize("rel", templates.TEMPLATES + templates.STUDY_TEMPLATES)
 def test_saving_a_template_from_jupyter_is_refused_with_the_way_out(rel, monkeypatch):
     from tornado import web
 
@@ -65,7 +65,7 @@ def test_jupyter_server_loads_the_hook_from_the_repo_config():
         capture_output=True, text=True).stdout
 
 
-@pytest.mark.parametrize("rel", templates.TEMPLATES)
+@pytest.mark.parametrize("rel", templates.TEMPLATES + templates.STUDY_TEMPLATES)
 def test_templates_open_unmodified_in_this_environment(rel):
     """JupyterLab marks a notebook modified when the kernel it starts reports other metadata."""
     assert templates.kernel_metadata_mismatches(str(ROOT / rel)) == [], \

@@ -171,3 +171,48 @@ def test_whole_model_table_has_the_study_layout():
     assert list(t.columns[:11]) == ["model", "ratio", "top1", "top3", "top5", "top1-e", "top3-e", "top5-e",
                                     "top1-e-inc", "top3-e-inc", "top5-e-inc"]
     assert t.iloc[1]["top1-e-inc"] == pytest.approx(0.1) and t.iloc[1]["top5-e"] == pytest.approx(0.1)
+
+
+def test_pruning_profile_end_to_end_through_the_driver(tmp_path):
+    """./run_all.sh on a tiny pruning profile: trains VGG16 baseline and elastic (digits, 32 px,
+    1 epoch), aggregates, then runs notebooks/channel_pruning.ipynb, which writes the study's
+    tables and figure; a second call without --study does not redo it, --study does."""
+    import subprocess
+    import sys
+
+    import pandas as pd
+    import yaml
+
+    from elastic_lib.config import ROOT, load_profile
+
+    spec = yaml.safe_load(open(f"{ROOT}/experiments/pruning.yaml"))
+    assert load_profile("pruning").study["parameters"] == spec["study"].get("parameters", {})
+    spec["defaults"] |= dict(dataset="digits", limit_per_class=12, test_limit_per_class=6, phase1_epochs=1,
+                             phase2_epochs=1, latency_repeats=0, data_dir="")
+    spec["study"]["parameters"] = dict(layers=["block4_conv2"], ratios=[1.0, 2.0], schedules=["x2"],
+                                       sample_images=24, points_per_image=4, joint_epochs=1, fine_tune_epochs=1)
+    prof = tmp_path / "prune.yaml"
+    prof.write_text(yaml.safe_dump(spec))
+    cmd = [sys.executable, "-m", "elastic_lib.batch", "--profile", str(prof), "--results-root",
+           str(tmp_path / "results"), "--figures-root", str(tmp_path / "figures")]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=1500)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "study channel_pruning" in out.stdout
+    tables = tmp_path / "results" / "prune"
+    single = pd.read_csv(tables / "single_layer.csv")
+    assert len(single) == 2 * 4 and set(single["rule"]) == set(pruning.RULES)
+    assert (single[single["ratio"] == 1.0]["top1_err_inc_pct"] == 0).all()  # ratio 1: the original model
+    assert set(single[single["ratio"] == 2.0]["kept"]) == {256}
+    whole = pd.read_csv(tables / "whole_model.csv", keep_default_na=False)
+    assert list(whole["model"].unique()) == ["original", "ours, no fine-tune", "ours, fine-tuned"]
+    assert set(whole["run"]) == {"vgg16__digits__baseline", "vgg16__digits__elastic"}
+    exits = pd.read_csv(tables / "exits_before_after.csv")
+    assert list(exits["output"]) == ["exit01", "exit02", "exit03", "exit04", "exit05", "final"]
+    assert list(exits.columns) == ["output", "unpruned", "x2", "x2 fine-tuned"]
+    md = (tables / "pruning_study.md").read_text()
+    assert "conv4_2" in md and "[2.066]" not in md and "[1.05]" in md  # the study's 2.0x value beside ours
+    assert (tmp_path / "figures" / "prune" / "single_layer_error_increase.png").exists()
+    assert (tables / "channel_pruning.ipynb").exists()
+
+    again = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert again.returncode == 0 and "study channel_pruning" not in again.stdout, again.stdout + again.stderr
