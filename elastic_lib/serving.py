@@ -1,0 +1,142 @@
+"""Early exit for serving: batches in which the images that exited leave the batch, a SavedModel
+whose signature takes images and a threshold, and every exit as a TensorFlow Lite model.
+
+``batched_early_exit(staged, x, threshold)``: at each stage the images whose confidence passes the
+threshold are written to the result (``tf.tensor_scatter_nd_update``) and removed from the batch
+(``tf.boolean_mask``), so later segments run on the images still undecided only. The decisions
+are the per-image policy's (``early_exit.dynamic_exit``): the first exit whose confidence passes,
+the final output otherwise.
+
+``export(model, path, criterion)`` writes a SavedModel (Keras' ``ExportArchive``) with one
+endpoint, ``serve(images, threshold) -> {"probabilities", "exit_index"}`` (exit_index 0-based,
+n_exits = the final output); ``tf.saved_model.load(path).serve(...)`` runs it with no workbook
+code. ``export_tflite(model, folder)`` converts each output's own sub-model (prefix + head) to
+``<folder>/<output>.tflite``.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from .early_exit import StagedModel, _check_criterion, threshold_to_confidence
+from .exits import short_output_names
+
+
+def _row_confidence(p, criterion: str):
+    import tensorflow as tf
+
+    if criterion == "max_prob":
+        return tf.reduce_max(p, axis=-1)
+    q = tf.clip_by_value(p, 1e-12, 1.0)
+    return tf.reduce_sum(q * tf.math.log(q), axis=-1)
+
+
+def _on_rows(sub, h):
+    """``sub(h)``, or an empty result when no image is left (TensorFlow's CPU convolutions
+    mishandle empty batches: a later BatchNorm sees the input's channel count)."""
+    import tensorflow as tf
+
+    empty = tf.zeros([0, *sub.outputs[0].shape[1:]], tf.float32)
+    return tf.cond(tf.shape(h)[0] > 0, lambda: tf.cast(sub(h, training=False), tf.float32), lambda: empty)
+
+
+def batched_early_exit(staged: StagedModel, x, confidence_threshold):
+    """(probabilities [B, C], exit index [B]) of the dynamic policy for a batch, images that exit
+    leaving the batch. ``confidence_threshold``: already in confidence units
+    (``early_exit.threshold_to_confidence``). Traceable: call it inside a ``tf.function``."""
+    import tensorflow as tf
+
+    x = tf.convert_to_tensor(x, tf.float32)
+    n = tf.shape(x)[0]
+    classes = staged.model.outputs[-1].shape[-1]
+    probs = tf.zeros([n, classes], tf.float32)
+    chosen = tf.fill([n], staged.n_exits)
+    rows = tf.range(n)
+    h = x
+    for i in range(staged.n_exits):
+        h = _on_rows(staged.segments[i], h)
+        p = _on_rows(staged.heads[i], h)
+        done = _row_confidence(p, staged.criterion) >= confidence_threshold
+        where = tf.boolean_mask(rows, done)[:, None]
+        probs = tf.tensor_scatter_nd_update(probs, where, tf.boolean_mask(p, done))
+        chosen = tf.tensor_scatter_nd_update(chosen, where, tf.fill([tf.shape(where)[0]], i))
+        h, rows = tf.boolean_mask(h, ~done), tf.boolean_mask(rows, ~done)
+    probs = tf.tensor_scatter_nd_update(probs, rows[:, None], _on_rows(staged.tail, h))
+    return probs, chosen
+
+
+class BatchedEarlyExit:
+    """A compiled batched early exit for one model and criterion: ``predict(x, threshold)`` with
+    ``threshold`` in the policy's units (max_prob: exit when max prob >= t; entropy: when
+    entropy <= t); returns numpy (probabilities, exit index)."""
+
+    def __init__(self, model, criterion: str = "max_prob"):
+        import tensorflow as tf
+
+        self.staged = StagedModel(model, criterion)
+        spec = tf.TensorSpec([None, *model.inputs[0].shape[1:]], tf.float32)
+        self._fn = tf.function(lambda x, t: batched_early_exit(self.staged, x, t),
+                               input_signature=[spec, tf.TensorSpec([], tf.float32)])
+
+    def predict(self, x, threshold: float):
+        import tensorflow as tf
+
+        t = tf.constant(threshold_to_confidence(threshold, self.staged.criterion), tf.float32)
+        p, i = self._fn(tf.convert_to_tensor(x, tf.float32), t)
+        return p.numpy(), i.numpy()
+
+
+def export(model, path: str, criterion: str = "max_prob") -> str:
+    """A SavedModel at ``path`` whose ``serve(images [B, H, W, 3] float32, threshold [] float32)``
+    returns {"probabilities": [B, C], "exit_index": [B] int32} of the batched early exit;
+    ``threshold`` in the policy's units (see ``BatchedEarlyExit``). Images preprocessed as the
+    model was trained."""
+    import keras
+    import tensorflow as tf
+
+    _check_criterion(criterion)
+    staged = StagedModel(model, criterion)
+    sign = -1.0 if criterion == "entropy" else 1.0  # threshold_to_confidence, traced
+
+    def serve(images, threshold):
+        p, i = batched_early_exit(staged, images, sign * threshold)
+        return {"probabilities": p, "exit_index": i}
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serve", serve, input_signature=[
+        tf.TensorSpec([None, *model.inputs[0].shape[1:]], tf.float32, name="images"),
+        tf.TensorSpec([], tf.float32, name="threshold")])
+    archive.write_out(path, verbose=False)
+    return path
+
+
+def export_tflite(model, folder: str) -> dict[str, str]:
+    """Each output computed alone (its staged prefix + head) as ``<folder>/<output>.tflite``,
+    batch 1; {output name: path}."""
+    import tensorflow as tf
+
+    staged = StagedModel(model)
+    os.makedirs(folder, exist_ok=True)
+    paths = {}
+    for k, name in enumerate(short_output_names(model)):
+        fn = staged.fixed(k)
+        converter = tf.lite.TFLiteConverter.from_concrete_functions([fn.get_concrete_function()], fn)
+        path = os.path.join(folder, f"{name}.tflite")
+        with open(path, "wb") as f:
+            f.write(converter.convert())
+        paths[name] = path
+    return paths
+
+
+def tflite_predict(path: str, x: np.ndarray) -> np.ndarray:
+    """Run a converted output on a batch of one (XNNPACK delegate by default)."""
+    import tensorflow as tf
+
+    interp = tf.lite.Interpreter(model_path=path)
+    interp.allocate_tensors()
+    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
+    interp.set_tensor(inp["index"], np.asarray(x, np.float32))
+    interp.invoke()
+    return interp.get_tensor(out["index"])
