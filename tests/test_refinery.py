@@ -1,0 +1,43 @@
+"""Label refinery targets (elastic_lib.refinery) from a finished run."""
+import numpy as np
+import pytest
+
+from elastic_lib import experiment, refinery
+from elastic_lib.config import ConfigError, RunConfig
+
+TINY = dict(backbone="mobilenet_0.75", dataset="digits", image_size=32, limit_per_class=6, test_limit_per_class=3,
+            phase1_epochs=1, phase2_epochs=1, batch_size=16, latency_repeats=0)
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("refinery") / "teacher")
+    exp = experiment.run({**TINY, "output_dir": out})
+    return out, exp
+
+
+def test_targets_are_the_named_output_of_the_refinery_run(teacher):
+    out, exp = teacher
+    cfg = RunConfig(**{**TINY, "seed": 3})  # another run of the same task
+    images = exp.splits.x_test
+    soft = refinery.refinery_targets(out, cfg, images, exp.splits.num_classes)
+    probs = exp.model.predict(exp.pipeline("test"), verbose=0)
+    np.testing.assert_allclose(soft, probs[-1], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(soft.sum(1), 1.0, rtol=1e-5)
+    first = refinery.refinery_targets(out, cfg, images, exp.splits.num_classes, output="exit01")
+    np.testing.assert_allclose(first, probs[0], rtol=1e-5, atol=1e-6)
+
+
+def test_a_refinery_of_another_task_is_refused(teacher, tmp_path):
+    out, exp = teacher
+    n = exp.splits.num_classes
+    with pytest.raises(ConfigError, match="image_size: refinery 32, this run 64"):
+        refinery.check_refinery(out, RunConfig(**{**TINY, "image_size": 64}), n)
+    with pytest.raises(ConfigError, match="dataset: refinery 'digits', this run 'cifar10'"):
+        refinery.check_refinery(out, RunConfig(**{**TINY, "dataset": "cifar10"}), n)
+    with pytest.raises(ConfigError, match="not an output"):
+        refinery.refinery_targets(out, RunConfig(**TINY), exp.splits.x_test[:2], n, output="exit99")
+    with pytest.raises(ConfigError, match="classes"):
+        refinery.refinery_targets(out, RunConfig(**TINY), exp.splits.x_test[:2], n + 1)
+    with pytest.raises(ConfigError, match="not a finished run"):
+        refinery.check_refinery(str(tmp_path), RunConfig(**TINY), n)
