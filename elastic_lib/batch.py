@@ -344,8 +344,11 @@ def cpu_estimate(runs, dryrun_dir: str = os.path.join(ROOT, "results", "paper-dr
 def _check_study(prof, study: bool | None) -> None:
     """The profile's study notebook declares the parameters the profile gives it; --study needs one."""
     if prof.study:
-        check_parameters(prof.study["notebook"], {**prof.study["parameters"], "profile": prof.name,
-                                                  "results_root": "", "tables_dir": "", "figures_dir": ""})
+        plumbing = {"profile": prof.name, "results_root": "", "tables_dir": "", "figures_dir": ""}
+        taken = sorted(set(prof.study["parameters"]) & set(plumbing))
+        if taken:
+            raise ConfigError(f"profile {prof.name!r}: study parameters {taken} are set by ./run_all.sh itself")
+        check_parameters(prof.study["notebook"], {**prof.study["parameters"], **plumbing})
     elif study:
         raise ConfigError(f"profile {prof.name!r} has no study notebook (a 'study:' key in its YAML)")
 
@@ -400,10 +403,13 @@ def run_profile(profile: str, only: str | None = None, jobs: int = 1, force: boo
         if err:
             failures.append(("aggregate", err))
     made = any(results.is_done(r.output_dir) for r in todo)
-    if prof.study and (study or (study is None and made)) and not failures:
-        err = _study(prof, os.path.dirname(runs[0].output_dir), figures_root, timeout_s, out)
-        if err:
-            failures.append(("study", err))
+    if prof.study and (study or (study is None and made)):
+        if failures:
+            print("study not run: a run or the aggregation failed (fix it, then --study)", file=out)
+        else:  # the per-run --timeout does not apply: the study is one long notebook
+            err = _study(prof, os.path.dirname(runs[0].output_dir), figures_root, None, out)
+            if err:
+                failures.append(("study", err))
     if failures:
         print(f"\n{len(failures)} failure(s):", file=out)
         for rid, msg in failures:

@@ -27,6 +27,7 @@ class CosineSoftmax(keras.layers.Layer):
     each class weight (both L2-normalised); no bias."""
 
     def __init__(self, units: int, scale: float = 5.0, **kwargs):
+        kwargs.setdefault("dtype", "float32")  # as the other heads: float32 under mixed precision
         super().__init__(**kwargs)
         if units < 2 or scale <= 0:
             raise ValueError(f"CosineSoftmax needs units >= 2 and scale > 0, got {units}, {scale}")
@@ -64,7 +65,7 @@ def am_softmax_loss(scale: float = 5.0, margin: float = 0.0):
 
 def soften(p, temperature: float):
     """softmax(log p / T): the probabilities of logits / T."""
-    return ops.softmax(ops.log(ops.clip(p, 1e-7, 1.0)) / temperature, axis=-1)
+    return ops.softmax(ops.log(ops.clip(p, 1e-30, 1.0)) / temperature, axis=-1)  # 1e-30: float32 keeps it
 
 
 @keras.saving.register_keras_serializable(package="elastic")
@@ -83,7 +84,7 @@ class SelfDistillation(keras.layers.Layer):
         t = self.temperature
         teacher = ops.stop_gradient(soften(final_p, t))
         student = soften(exit_p, t)
-        kl = ops.sum(teacher * (ops.log(ops.clip(teacher, 1e-7, 1.0)) - ops.log(ops.clip(student, 1e-7, 1.0))), axis=-1)
+        kl = ops.sum(teacher * (ops.log(ops.clip(teacher, 1e-30, 1.0)) - ops.log(ops.clip(student, 1e-30, 1.0))), axis=-1)
         return self.weight * t * t * ops.mean(kl)
 
     def call(self, inputs, training=None):

@@ -41,6 +41,9 @@ def budgeted(val: tuple, test: tuple, costs: pd.DataFrame, budget: float, criter
     thresholds = default_thresholds(criterion, val[0][0].shape[1]) if thresholds is None else thresholds
     rows = pd.DataFrame([policy_at(*val, t, fractions, criterion) for t in thresholds])
     ok = rows[rows["cost_fraction"] <= budget + 1e-12]
+    if ok.empty:
+        raise ValueError(f"no threshold of the sweep keeps the average validation cost within {budget}: "
+                         "give thresholds that let every image exit early (e.g. 0 for max_prob)")
     best = ok.sort_values(["accuracy", "cost_fraction"], ascending=[False, True]).iloc[0]
     on_test = policy_at(*test, best["threshold"], fractions, criterion)
     return {"budget": budget, "criterion": criterion, "threshold": float(best["threshold"]),
@@ -106,7 +109,7 @@ def calibration_table(val: tuple, test: tuple, names: list[str]) -> tuple[pd.Dat
     return pd.DataFrame(rows), temps
 
 
-def cost_curves(val: tuple, test: tuple, costs: pd.DataFrame, temperatures: list[float],
+def cost_curves(test: tuple, costs: pd.DataFrame, temperatures: list[float],
                 criterion: str = "max_prob") -> pd.DataFrame:
     """Test accuracy vs cost over the threshold sweep, with and without each output's
     temperature (fitted on validation) applied before thresholding: whether calibration moves

@@ -18,8 +18,8 @@ sparse_vector   the same LASSO selection                                   beta_
                                                                            LASSO coefficients,
                                                                            no least squares)
 first_k         the first k channels                                       least squares
-max_response    the k channels whose consumer filters have the largest     least squares
-                absolute weight sum (Li et al. 2017, as He et al. compare)
+max_response    the k channels whose producer filters have the largest     least squares
+                L1 norm (Li et al. 2017's filter norm, as He et al. compare)
 ==============  ========================================================  ====================
 
 first_k and max_response are reconstructed by least squares as in He et al.'s comparison ("for
@@ -91,8 +91,11 @@ def _conv(model: keras.Model, name: str):
         layer = model.get_layer(name)
     except ValueError:
         raise ValueError(f"no layer {name!r} in {model.name}; conv layers: {conv_layers(model)}") from None
-    if not isinstance(layer, keras.layers.Conv2D) or layer.groups != 1 or layer.strides != (1, 1):
-        raise ValueError(f"{name} is not a stride-1 Conv2D: only VGG-style convs are pruned here")
+    if (not isinstance(layer, keras.layers.Conv2D) or layer.groups != 1 or tuple(layer.strides) != (1, 1)
+            or layer.padding != "same" or tuple(layer.dilation_rate) != (1, 1)
+            or any(k % 2 == 0 for k in layer.kernel_size)):
+        raise ValueError(f"{name} is not a stride-1, 'same'-padded, undilated Conv2D with an odd kernel: only "
+                         "VGG-style convs are pruned here")
     return layer
 
 
@@ -157,17 +160,18 @@ class Samples:
 
 
 def _patches(fmap: np.ndarray, kernel: tuple[int, int], where: np.ndarray) -> np.ndarray:
-    """(N, kh, kw, c) patches of a 'same'-padded stride-1 conv's input at the (image, row, col) ``where``."""
+    """(N, kh, kw, c) float64 patches of a 'same'-padded stride-1 conv's input (odd kernel) at the
+    (image, row, col) ``where``; the map itself stays float32."""
     kh, kw = kernel
     pad = np.pad(fmap, ((0, 0), (kh // 2, (kh - 1) // 2), (kw // 2, (kw - 1) // 2), (0, 0)))
     rows = where[:, 1][:, None] + np.arange(kh)[None, :]
     cols = where[:, 2][:, None] + np.arange(kw)[None, :]
-    return pad[where[:, 0][:, None, None], rows[:, :, None], cols[:, None, :]]
+    return pad[where[:, 0][:, None, None], rows[:, :, None], cols[:, None, :]].astype(np.float64)
 
 
 def _input_of(model: keras.Model, layer: str, images: np.ndarray, batch_size: int = 128) -> np.ndarray:
     sub = keras.Model(model.inputs, model.get_layer(layer).input)
-    return np.asarray(sub.predict(images, batch_size=batch_size, verbose=0), dtype=np.float64)
+    return np.asarray(sub.predict(images, batch_size=batch_size, verbose=0), dtype=np.float32)
 
 
 def sample(model: keras.Model, original: keras.Model, consumer: str, images: np.ndarray, points_per_image: int = 10,
@@ -192,8 +196,8 @@ def sample(model: keras.Model, original: keras.Model, consumer: str, images: np.
 def _contribution_gram(samples: Samples, kernel: np.ndarray):
     """G = A^T A and b = A^T y of the LASSO design, A[:, i] = vec(X_i W_i) (channel i's
     contribution to the consumer's response at every sampled point and output channel), from the
-    patches' second moments: G_ij = sum over kernel positions of (X^T X) o (W W^T), so that A
-    (N*n x c) is never formed."""
+    patches' second moments: G_ij = sum over pairs of kernel positions of (X^T X) o (W W^T), so
+    that A (N*n x c) is never formed."""
     c = kernel.shape[2]
     w2 = kernel.reshape(-1, kernel.shape[-1])
     taps = len(w2) // c
@@ -203,17 +207,20 @@ def _contribution_gram(samples: Samples, kernel: np.ndarray):
 
 
 def lasso_select(samples: Samples, kernel: np.ndarray, keep: int, iters: int = 60):
-    """He et al.'s channel selection: min_beta ||y - sum_i beta_i X_i W_i||^2 + alpha |beta|_1,
-    alpha found by bisection (log scale) so that ``keep`` coefficients are non-zero; if no alpha
-    gives exactly ``keep``, the ``keep`` largest |beta| at the smallest alpha-count above it.
-    Returns (kept channel indices, sorted; beta of every channel). Solved with scikit-learn's
-    Lasso on the equivalent c x c problem ||L^T beta - L^-1 b||^2 (G = L L^T)."""
+    """He et al.'s channel selection (eq. 3): min_beta ||y - sum_i beta_i X_i W_i||^2 + alpha |beta|_1
+    with every channel's W_i scaled to unit Frobenius norm (so the penalty does not favour channels
+    with large weights), alpha found by bisection (log scale) so that ``keep`` coefficients are
+    non-zero; if no alpha gives exactly ``keep``, the ``keep`` largest |beta| at the smallest count
+    above it. Returns (kept channel indices, sorted; per-channel coefficients on the *original*
+    kernel: beta_i / ||W_i||). Solved with scikit-learn's Lasso on the equivalent c x c problem
+    ||L^T beta - L^-1 b||^2 (G = L L^T)."""
     from sklearn.linear_model import Lasso
 
     c = kernel.shape[2]
     if keep >= c:
         return np.arange(c), np.ones(c)
-    gram, rhs = _contribution_gram(samples, kernel)
+    norms = np.maximum(np.sqrt((kernel ** 2).sum(axis=(0, 1, 3))), 1e-30)
+    gram, rhs = _contribution_gram(samples, kernel / norms[None, None, :, None])
     gram = gram + np.eye(c) * 1e-9 * max(np.trace(gram) / c, 1e-12)  # dead channels: G singular
     chol = np.linalg.cholesky(gram)
     design, target = chol.T, np.linalg.solve(chol, rhs)
@@ -221,7 +228,7 @@ def lasso_select(samples: Samples, kernel: np.ndarray, keep: int, iters: int = 6
     hi = np.log(np.abs(design.T @ target).max() / c)
     lo = hi - np.log(1e7)
     best = None
-    lasso = Lasso(fit_intercept=False, max_iter=20000, tol=1e-6, warm_start=False)
+    lasso = Lasso(fit_intercept=False, max_iter=20000, tol=1e-6, warm_start=True)
     for _ in range(iters):
         mid = 0.5 * (lo + hi)
         beta = lasso.set_params(alpha=float(np.exp(mid))).fit(design, target).coef_.copy()
@@ -235,11 +242,14 @@ def lasso_select(samples: Samples, kernel: np.ndarray, keep: int, iters: int = 6
         best = (c, np.linalg.solve(gram, rhs))
     beta = best[1]
     kept = np.sort(np.argsort(-np.abs(beta), kind="stable")[:keep])
-    return kept, beta
+    return kept, beta / norms
 
 
-def select(rule: str, samples: Samples, kernel: np.ndarray, keep: int):
-    """(kept input channels, sorted; the consumer's new kernel (kh, kw, keep, n)) by ``rule``."""
+def select(rule: str, samples: Samples, kernel: np.ndarray, keep: int, producer_kernel: np.ndarray | None = None,
+           cache: dict | None = None):
+    """(kept input channels, sorted; the consumer's new kernel (kh, kw, keep, n)) by ``rule``.
+    ``producer_kernel``: the previous conv's kernel (``max_response`` ranks its filters);
+    ``cache``: a dict shared across calls on the same samples and kernel (one LASSO per ``keep``)."""
     if rule not in RULES:
         raise ValueError(f"unknown pruning rule {rule!r}; valid: {RULES}")
     c = kernel.shape[2]
@@ -249,12 +259,17 @@ def select(rule: str, samples: Samples, kernel: np.ndarray, keep: int):
         return np.arange(c), kernel
     if rule == "first_k":
         kept = np.arange(keep)
-    elif rule == "max_response":
-        kept = np.sort(np.argsort(-np.abs(kernel).sum(axis=(0, 1, 3)), kind="stable")[:keep])
+    elif rule == "max_response":  # Li et al. 2017: the filters (of the producer) with the largest L1 norm
+        if producer_kernel is None or producer_kernel.shape[-1] != c:
+            raise ValueError(f"max_response needs the producer's kernel with {c} filters")
+        kept = np.sort(np.argsort(-np.abs(producer_kernel).sum(axis=(0, 1, 2)), kind="stable")[:keep])
     else:
-        kept, beta = lasso_select(samples, kernel, keep)
+        cache = {} if cache is None else cache
+        if ("lasso", keep) not in cache:
+            cache[("lasso", keep)] = lasso_select(samples, kernel, keep)
+        kept, coef = cache[("lasso", keep)]
         if rule == "sparse_vector":
-            return kept, kernel[:, :, kept, :] * beta[kept][None, None, :, None]
+            return kept, kernel[:, :, kept, :] * coef[kept][None, None, :, None]
     return kept, reconstruct(samples, kept, kernel.shape)
 
 
@@ -314,6 +329,10 @@ def apply(model: keras.Model, consumer: str, kept: np.ndarray, new_kernel: np.nd
     return pruned
 
 
+def _producer_kernel(model: keras.Model, consumer: str) -> np.ndarray:
+    return np.asarray(model.get_layer(producer_of(model, consumer)).kernel.numpy(), dtype=np.float64)
+
+
 def prune_layer(model: keras.Model, consumer: str, ratio: float, rule: str, images: np.ndarray,
                 original: keras.Model | None = None, points_per_image: int = 10, seed: int = 0):
     """Prune ``consumer``'s input channels to 1/ratio with ``rule``; (pruned model, info dict)."""
@@ -322,7 +341,7 @@ def prune_layer(model: keras.Model, consumer: str, ratio: float, rule: str, imag
     kernel = np.asarray(layer.kernel.numpy(), dtype=np.float64)
     keep = kept_channels(kernel.shape[2], ratio)
     samples = sample(model, original, consumer, images, points_per_image, seed)
-    kept, new_kernel = select(rule, samples, kernel, keep)
+    kept, new_kernel = select(rule, samples, kernel, keep, _producer_kernel(model, consumer))
     info = {"layer": consumer, "rule": rule, "ratio": ratio, "channels": kernel.shape[2], "kept": len(kept),
             "response_rel_err": response_error(samples, kept, new_kernel)}
     return apply(model, consumer, kept, new_kernel), info
@@ -383,7 +402,7 @@ def _prune_cached(model, layer, ratio, rule, images, points_per_image, seed, cac
     if "samples" not in cache:
         cache["samples"] = sample(model, model, layer, images, points_per_image, seed)
     samples = cache["samples"]
-    kept, new_kernel = select(rule, samples, kernel, keep)
+    kept, new_kernel = select(rule, samples, kernel, keep, _producer_kernel(model, layer), cache)
     info = {"layer": layer, "rule": rule, "ratio": ratio, "channels": kernel.shape[2], "kept": len(kept),
             "response_rel_err": response_error(samples, kept, new_kernel)}
     return apply(model, layer, kept, new_kernel), info
@@ -400,8 +419,8 @@ def joint_fit(pruned: keras.Model, original: keras.Model, layer: str, images: np
     sub = keras.Model(pruned.inputs, pruned.get_layer(layer).output)
     sub.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="mse")
     keras.utils.set_random_seed(seed)
-    hist = sub.fit(images, y, epochs=epochs, batch_size=batch_size, shuffle=True, verbose=0)
-    return float(hist.history["loss"][-1] / max(float(np.mean(y ** 2)), 1e-30))
+    sub.fit(images, y, epochs=epochs, batch_size=batch_size, shuffle=True, verbose=0)
+    return float(sub.evaluate(images, y, batch_size=batch_size, verbose=0) / max(float(np.mean(y ** 2)), 1e-30))
 
 
 def prune_model(model: keras.Model, schedule: str | Schedule, images: np.ndarray, points_per_image: int = 10,

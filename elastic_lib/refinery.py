@@ -15,8 +15,9 @@ from .results import is_done, read_params, repo_relative
 
 
 def check_refinery(refinery_run: str, cfg, num_classes: int) -> dict:
-    """The refinery run's parameters, if it can teach a run of ``cfg`` with ``num_classes``
-    classes; else a ConfigError that says what differs."""
+    """The refinery run's parameters, if it can teach a run of ``cfg`` (same dataset, label mode
+    and image size; the number of classes is checked by ``refinery_targets``, which loads the
+    run's data); else a ConfigError that says what differs."""
     if not os.path.isdir(refinery_run) or not is_done(refinery_run):
         raise ConfigError(f"refinery_run {refinery_run!r} is not a finished run directory (no DONE); give the "
                           "run directory of a completed ./run_all.sh run")

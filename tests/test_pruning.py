@@ -83,23 +83,34 @@ def test_samples_target_is_the_original_consumer_response(vgg, images, samples):
 
 
 def test_lasso_finds_the_channels_that_carry_the_response(vgg, samples):
-    """Scale down every input channel of the consumer's kernel except 20 spread live ones: LASSO
-    picks those 20; first_k (the first 20) does not, and rebuilds the response far worse."""
-    kernel = _kernel(vgg, LAYER).copy()
+    """Scale down the input activations of every channel but 20 spread live ones (as if they
+    barely fired): LASSO picks those 20, whatever the weights' scale (its weights are normalised
+    per channel, He et al. eq. 3); first_k (the first 20) does not, and rebuilds the response
+    far worse."""
+    kernel = _kernel(vgg, LAYER)
     alive = np.flatnonzero((samples.x ** 2).sum(axis=(0, 1, 2)) > 0)  # ReLU channels that ever fire here
     assert len(alive) >= 40
     strong = alive[:: len(alive) // 20][:20]
     weak = np.setdiff1d(np.arange(128), strong)
-    kernel[:, :, weak, :] *= 1e-3
-    y = np.einsum("pklc,klcn->pn", samples.x, kernel)
-    s = pruning.Samples(samples.x, y)
-    kept, _ = pruning.select("reconstruct", s, kernel, 20)
+    x = samples.x.copy()
+    x[..., weak] *= 1e-3
+    s = pruning.Samples(x, np.einsum("pklc,klcn->pn", x, kernel))
+    kept, _ = pruning.select("reconstruct", s, kernel * np.linspace(0.2, 5, 128)[None, None, :, None], 20)
     np.testing.assert_array_equal(kept, strong)
     first, w_first = pruning.select("first_k", s, kernel, 20)
     np.testing.assert_array_equal(first, np.arange(20))
     assert pruning.response_error(s, first, w_first) > 10 * pruning.response_error(s, kept, pruning.reconstruct(s, kept, kernel.shape))
-    kept_mr, _ = pruning.select("max_response", s, kernel, 20)
-    np.testing.assert_array_equal(kept_mr, strong)  # the filter-norm rule sees the scaling too
+
+
+def test_max_response_keeps_the_producer_filters_with_the_largest_l1_norm(vgg, samples):
+    kernel = _kernel(vgg, LAYER)
+    producer = _kernel(vgg, "block2_conv2").copy()
+    big = np.array([5, 17, 40, 99, 127])
+    producer[..., big] *= 10.0
+    kept, _ = pruning.select("max_response", samples, kernel, 5, producer_kernel=producer)
+    np.testing.assert_array_equal(kept, big)
+    with pytest.raises(ValueError, match="producer"):
+        pruning.select("max_response", samples, kernel, 5)
 
 
 def test_the_pruned_model_is_smaller_by_the_walker(vgg, images):
