@@ -334,14 +334,19 @@ def _producer_kernel(model: keras.Model, consumer: str) -> np.ndarray:
 
 
 def prune_layer(model: keras.Model, consumer: str, ratio: float, rule: str, images: np.ndarray,
-                original: keras.Model | None = None, points_per_image: int = 10, seed: int = 0):
-    """Prune ``consumer``'s input channels to 1/ratio with ``rule``; (pruned model, info dict)."""
+                original: keras.Model | None = None, points_per_image: int = 10, seed: int = 0,
+                cache: dict | None = None):
+    """Prune ``consumer``'s input channels to 1/ratio with ``rule``; (pruned model, info dict).
+    ``cache``: a dict reused across calls on the same model and layer (ratios, rules): the sampled
+    points and each LASSO are then computed once."""
     original = original or model
-    layer = _conv(model, consumer)
-    kernel = np.asarray(layer.kernel.numpy(), dtype=np.float64)
+    cache = {} if cache is None else cache
+    kernel = np.asarray(_conv(model, consumer).kernel.numpy(), dtype=np.float64)
     keep = kept_channels(kernel.shape[2], ratio)
-    samples = sample(model, original, consumer, images, points_per_image, seed)
-    kept, new_kernel = select(rule, samples, kernel, keep, _producer_kernel(model, consumer))
+    if "samples" not in cache:
+        cache["samples"] = sample(model, original, consumer, images, points_per_image, seed)
+    samples = cache["samples"]
+    kept, new_kernel = select(rule, samples, kernel, keep, _producer_kernel(model, consumer), cache)
     info = {"layer": consumer, "rule": rule, "ratio": ratio, "channels": kernel.shape[2], "kept": len(kept),
             "response_rel_err": response_error(samples, kept, new_kernel)}
     return apply(model, consumer, kept, new_kernel), info
@@ -380,11 +385,12 @@ def single_layer_table(model: keras.Model, train_images: np.ndarray, test_images
     rows = []
     total = len(layers) * len(ratios) * len(rules)
     for layer in layers:
-        samples_cache = {}
+        cache = {}  # one set of sampled points and one LASSO per keep for every ratio and rule
         for ratio in ratios:
             for rule in rules:
-                pruned, info = _prune_cached(model, layer, ratio, rule, train_images, points_per_image, seed,
-                                             samples_cache)
+                pruned, info = prune_layer(model, layer, ratio, rule, train_images,
+                                           points_per_image=points_per_image, seed=seed,
+                                           cache=cache)
                 ev = evaluate(pruned, test_images, test_labels).iloc[-1]
                 rows.append({**info, "study_layer": study_name(layer),
                              "top1_err_inc_pct": 100 * (ev["top1_err"] - base["top1_err"]),
@@ -393,19 +399,6 @@ def single_layer_table(model: keras.Model, train_images: np.ndarray, test_images
                 if progress:
                     progress(len(rows), total, rows[-1])
     return pd.DataFrame(rows)
-
-
-def _prune_cached(model, layer, ratio, rule, images, points_per_image, seed, cache):
-    """prune_layer, with the layer's sampled points computed once for every ratio and rule."""
-    kernel = np.asarray(_conv(model, layer).kernel.numpy(), dtype=np.float64)
-    keep = kept_channels(kernel.shape[2], ratio)
-    if "samples" not in cache:
-        cache["samples"] = sample(model, model, layer, images, points_per_image, seed)
-    samples = cache["samples"]
-    kept, new_kernel = select(rule, samples, kernel, keep, _producer_kernel(model, layer), cache)
-    info = {"layer": layer, "rule": rule, "ratio": ratio, "channels": kernel.shape[2], "kept": len(kept),
-            "response_rel_err": response_error(samples, kept, new_kernel)}
-    return apply(model, layer, kept, new_kernel), info
 
 
 # ---------------------------------------------------------------- whole model
