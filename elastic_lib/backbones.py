@@ -24,11 +24,16 @@ class Backbone:
     family: str  # keras.applications.<family>.preprocess_input
     paper: bool = False  # in the paper's Table I
     kwargs: dict = field(default_factory=dict)
+    options: tuple[str, ...] = ()  # the builder's own options that a run may set (RunConfig fields)
+    imagenet: bool = True  # Keras has ImageNet weights for it
 
-    def constructor(self, input_shape, weights):
-        """The no-top backbone (``include_top=False``)."""
+    def constructor(self, input_shape, weights, **options):
+        """The no-top backbone (``include_top=False``); ``options``: some of ``self.options``."""
+        unknown = sorted(set(options) - set(self.options))
+        if unknown:
+            raise ValueError(f"{self.name} has no option(s) {unknown}; its options: {list(self.options) or 'none'}")
         if callable(self.app):
-            return self.app(input_shape=input_shape, weights=weights)
+            return self.app(input_shape=input_shape, weights=weights, **options)
         import keras
 
         return getattr(keras.applications, self.app)(include_top=False, weights=weights, input_shape=input_shape,
@@ -126,8 +131,27 @@ def resnet50_legacy(input_shape=(224, 224, 3), weights=None):
     return model
 
 
+def _inception_v4(input_shape=(299, 299, 3), weights=None, **options):
+    from .inception_v4 import InceptionV4
+
+    return InceptionV4(input_shape, weights, **options)
+
+
+def _efficientnet_b0_cifar(input_shape=(32, 32, 3), weights=None):
+    from .efficientnet_cifar import EfficientNetB0Cifar
+
+    return EfficientNetB0Cifar(input_shape, weights)
+
+
+def _inception_v4_taps(model) -> list[str]:
+    from .inception_v4 import block_names
+
+    return block_names()  # stem, every Inception and Reduction block (the last as MobileNet's conv_pw_13 is)
+
+
 # The original code taps each residual ``add`` (Keras 2.1.5's ``add_N``), before the block's ReLU.
 _RESNET_TAPS = _names_matching(r"conv\d_block\d+_add")
+_EFFICIENTNET_TAPS = _block_outputs(r"(block\d[a-z]_)project_bn")
 
 REGISTRY: dict[str, Backbone] = {b.name: b for b in [
     Backbone("mobilenet_0.75", "MobileNet", _names_matching(r"conv_pw_\d+_relu"), 32, "mobilenet", True,
@@ -143,7 +167,11 @@ REGISTRY: dict[str, Backbone] = {b.name: b for b in [
     Backbone("densenet169", "DenseNet169", _densenet_taps, 32, "densenet", True),
     Backbone("densenet201", "DenseNet201", _densenet_taps, 32, "densenet"),
     Backbone("vgg16", "VGG16", _names_matching(r"block\d_pool"), 32, "vgg16", True),
-    Backbone("efficientnet_b0", "EfficientNetB0", _block_outputs(r"(block\d[a-z]_)project_bn"), 32, "efficientnet"),
+    Backbone("efficientnet_b0", "EfficientNetB0", _EFFICIENTNET_TAPS, 32, "efficientnet"),
+    # the studies' backbones (issues 12 and 13): built here, no Keras ImageNet weights
+    Backbone("inception_v4", _inception_v4, _inception_v4_taps, 75, "inception_v3",
+             options=("bn_epsilon", "count_include_pad"), imagenet=False),
+    Backbone("efficientnet_b0_cifar", _efficientnet_b0_cifar, _EFFICIENTNET_TAPS, 32, "efficientnet", imagenet=False),
 ]}
 
 
@@ -176,6 +204,9 @@ def weights_file(weights_dir: str, name: str) -> str:
 
 def check_weights(name: str, weights) -> None:
     """None (random init), "imagenet" (Keras download) or an existing local weights file."""
+    if weights == "imagenet" and not get_backbone(name).imagenet:
+        raise ValueError(f"{name} has no Keras ImageNet weights: use random init ('') or a local weights file of "
+                         "this architecture")
     if weights in (None, "imagenet"):
         return
     path = os.path.expanduser(os.fspath(weights))

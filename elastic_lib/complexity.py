@@ -101,6 +101,8 @@ def layer_cost(layer) -> Cost:
     n_out = _numel(out)
     if isinstance(layer, _FREE):
         return Cost()
+    if hasattr(layer, "elastic_cost"):  # the workbook's own layers count themselves (heads.CosineSoftmax)
+        return Cost(**layer.elastic_cost(ins[0], out))
     if isinstance(layer, _WEIGHTED):
         return _weighted_cost(layer, out, n_out)
     if isinstance(layer, L.BatchNormalization):

@@ -40,15 +40,20 @@ LABEL_MODES = ("fine", "coarse")
 VARIANTS = ("elastic", "baseline")
 EXIT_CHOICES = ("none", "all", "deeper_half")
 FINAL_HEADS = ("flatten", "gap")
+HEADS = ("softmax", "am_softmax")
 LOSS_WEIGHT_SCHEMES = ("uniform", "depth", "linear")
 CRITERIA = ("max_prob", "entropy")
 PREPROCESS = ("native", "inception")
 FROZEN_BN = ("inference", "batch_stats")
 PRECISIONS = ("float32", "mixed_float16")
 STRATEGIES = ("default", "mirrored")
-PROFILE_KEYS = {"description", "base", "requires_gpu", "defaults", "grid", "overrides", "study"}
+CHOICES = {"dataset": DATASETS, "label_mode": LABEL_MODES, "variant": VARIANTS, "final_head": FINAL_HEADS,
+           "head": HEADS, "loss_weights": LOSS_WEIGHT_SCHEMES, "exit_criterion": CRITERIA, "strategy": STRATEGIES,
+           "preprocess": PREPROCESS, "frozen_bn": FROZEN_BN, "precision": PRECISIONS}  # enumerated parameters
+PROFILE_KEYS = {"description", "base", "requires_gpu", "defaults", "grid", "overrides", "study", "cases"}
 STUDY_KEYS = {"notebook", "parameters"}  # a study notebook run once after the profile's runs
 GRID_KEYS = {"backbone", "dataset", "variant", "seed", "label_mode", "image_size", "loss_weights", "exits",
+             "head", "bn_epsilon", "count_include_pad",
              "phase2_learning_rate"}  # the last for hyperparameter sweeps (elastic_lib.selection)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(ROOT, "notebooks", "elastic_experiment.ipynb")
@@ -98,6 +103,17 @@ class RunConfig:
     extra_exits: str = _p("", "comma-separated layer names tapped in addition to `exits` (e.g. paper Fig. 6's equal-depth tap); "
                       "a baseline ignores it, as it ignores `exits`")
     dropout: float = _p(0.2, "dropout in every head, the baseline's final head included (original code)")
+    head: str = _p("softmax", "every output's classifier: softmax (Dense) | am_softmax (cosine head, AM-softmax loss)")
+    am_scale: float = _p(5.0, "am_softmax: the logits are am_scale x cos(theta) (MicroNet entry: 5)")
+    am_margin: float = _p(0.0, "am_softmax: additive margin m on the true class's cosine (MicroNet entry: 0)")
+    refinery_run: str = _p("", "label refinery: train on this finished run's soft predictions (its run directory, "
+                           "relative to the repo; in a profile @<case> names that case's run)")
+    refinery_output: str = _p("final", "label refinery: the teacher's output whose predictions are the targets")
+    self_distillation: bool = _p(False, "elastic: every exit also learns the final output's softened predictions")
+    distill_temperature: float = _p(3.0, "self-distillation temperature T (the loss is weighted by T^2)")
+    distill_weight: float = _p(1.0, "self-distillation weight of each exit's KL term")
+    bn_epsilon: float = _p(0.0, "backbone BatchNorm epsilon; 0: the backbone's own (inception_v4: 0.001 | 1e-5)")
+    count_include_pad: bool = _p(False, "inception_v4: block average pools count padded zeros (True) or not (Keras)")
     preprocess: str = _p("native", "native (each backbone's preprocess_input) | inception ([-1, 1] for all, original code)")
     loss_weights: str = _p("uniform", "uniform (paper) | depth (original weight-Depth) | linear")
     phase1_epochs: int = _p(1, "phase 1: backbone frozen, heads train")
@@ -157,16 +173,8 @@ class RunConfig:
                   isinstance(v, int) and not isinstance(v, bool) if t is int else isinstance(v, t))
             if not ok:
                 raise ConfigError(f"parameter {f.name}={v!r} must be of type {t.__name__}")
-        _choice("dataset", self.dataset, DATASETS)
-        _choice("label_mode", self.label_mode, LABEL_MODES)
-        _choice("variant", self.variant, VARIANTS)
-        _choice("final_head", self.final_head, FINAL_HEADS)
-        _choice("loss_weights", self.loss_weights, LOSS_WEIGHT_SCHEMES)
-        _choice("exit_criterion", self.exit_criterion, CRITERIA)
-        _choice("strategy", self.strategy, STRATEGIES)
-        _choice("preprocess", self.preprocess, PREPROCESS)
-        _choice("frozen_bn", self.frozen_bn, FROZEN_BN)
-        _choice("precision", self.precision, PRECISIONS)
+        for name, valid in CHOICES.items():
+            _choice(name, getattr(self, name), valid)
         try:
             get_backbone(self.backbone)
             check_image_size(self.backbone, self.image_size)
@@ -196,7 +204,46 @@ class RunConfig:
             raise ConfigError("early_stopping_min_delta must be >= 0 and momenta in [0, 1)")
         if self.batch_size < 1 or self.learning_rate <= 0 or self.phase2_learning_rate <= 0:
             raise ConfigError("batch_size must be >= 1 and learning rates > 0")
+        self._validate_tricks()
         return self
+
+    def _validate_tricks(self) -> None:
+        """The MicroNet options (head, refinery, self-distillation) and the backbone options."""
+        if self.am_scale <= 0 or self.am_margin < 0:
+            raise ConfigError(f"am_scale must be > 0 and am_margin >= 0, got {self.am_scale}, {self.am_margin}")
+        if self.am_margin and self.head != "am_softmax":
+            raise ConfigError(f"am_margin={self.am_margin} needs head='am_softmax' (head is {self.head!r})")
+        if self.refinery_run and self.am_margin:
+            raise ConfigError("refinery_run trains on soft targets, where the AM margin is undefined: use am_margin=0 "
+                              "(the MicroNet entry's setting)")
+        if self.refinery_run.startswith("@"):
+            raise ConfigError(f"refinery_run={self.refinery_run!r}: @<case> names a case's run only inside a profile's "
+                              "cases; give a run directory")
+        if self.self_distillation and self.variant != "elastic":
+            raise ConfigError("self_distillation needs exits: variant='elastic'")
+        if self.distill_temperature <= 0 or self.distill_weight < 0:
+            raise ConfigError(f"distill_temperature must be > 0 and distill_weight >= 0, got "
+                              f"{self.distill_temperature}, {self.distill_weight}")
+        options = get_backbone(self.backbone).options
+        for name, default in (("bn_epsilon", 0.0), ("count_include_pad", False)):
+            if getattr(self, name) != default and name not in options:
+                raise ConfigError(f"{name}={getattr(self, name)!r} is an option of backbones that have it "
+                                  f"({', '.join(b for b in _backbones_with(name))}); {self.backbone} has not")
+        if self.bn_epsilon < 0:
+            raise ConfigError(f"bn_epsilon must be >= 0 (0: the backbone's own), got {self.bn_epsilon}")
+
+    @property
+    def refinery_dir(self) -> str:
+        """``refinery_run`` as a path (relative ones are relative to the repo root); "" if unset."""
+        path = os.path.expanduser(self.refinery_run)
+        return os.path.join(ROOT, path) if path and not os.path.isabs(path) else path
+
+    @property
+    def backbone_options(self) -> dict:
+        """The registry builder's options this run sets (``bn_epsilon`` only when not 0)."""
+        opts = {"bn_epsilon": self.bn_epsilon, "count_include_pad": self.count_include_pad}
+        return {k: v for k, v in opts.items() if k in get_backbone(self.backbone).options
+                and not (k == "bn_epsilon" and v == 0)}
 
     # ------------------------------------------------------------ derived
     @property
@@ -242,6 +289,12 @@ class RunConfig:
     def plumbing(self) -> dict:
         """Where and how it ran (params.yaml ``plumbing``)."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata["plumbing"]}
+
+
+def _backbones_with(option: str) -> list[str]:
+    from .backbones import REGISTRY
+
+    return [name for name, b in REGISTRY.items() if option in b.options]
 
 
 def dataset_label(dataset: str, label_mode: str = "fine") -> str:
@@ -315,17 +368,15 @@ def load_profile(name: str, results_root: str | None = None) -> Profile:
                                                                            "label_mode")]
     prof_name = os.path.splitext(os.path.basename(path))[0]
     root = results_root or os.path.join(ROOT, "results")
+    cases = _cases(spec.get("cases"), where)
     runs = []
     for combo in itertools.product(*axes.values()):
-        params = {**defaults, **dict(zip(axes, combo))}
-        fields = {f.name for f in dataclasses.fields(RunConfig)}
-        ident = RunConfig(**{k: v for k, v in params.items() if k in fields})  # not validated yet: only its id
-        extra = {**overrides.get(ident.backbone, {}), **overrides.get(ident.run_id(), {})}
-        cfg = _checked({**params, **extra}, f"{where}{' (with its overrides)' if extra else ''}")
-        name = cfg.run_id(with_seed=len(seeds) > 1)
-        name += "".join(f"__{k}-{str(params[k]).replace(',', '+').replace(' ', '')}" for k in extra_axes)
-        cfg.output_dir = os.path.join(root, prof_name, name)
-        runs.append(cfg)
+        grid_params = dict(zip(axes, combo))
+        for case, pinned in cases.items():
+            if any(k in grid_params and grid_params[k] != v for k, v in pinned.items()):
+                continue  # the case pins a grid axis to another value (e.g. variant: elastic)
+            runs.append(_case_run({**defaults, **grid_params, **pinned}, case, cases, overrides, where,
+                                  os.path.join(root, prof_name), len(seeds) > 1, extra_axes))
     known = {r.backbone for r in runs} | {r.run_id() for r in runs}
     for key, value in overrides.items():  # a typo in a key would otherwise be silently ignored
         if key not in known:
@@ -355,6 +406,49 @@ def _study(study, where: str) -> dict | None:
     if not isinstance(params, dict):
         raise ConfigError(f"{where}: study 'parameters' must be a mapping, got {type(params).__name__}")
     return {"notebook": path, "parameters": params}
+
+
+def _case_run(params: dict, case: str, cases: dict, overrides: dict, where: str, folder: str, with_seed: bool,
+              extra_axes: list[str]) -> RunConfig:
+    """One run of the grid: its parameters with the overrides, its directory under ``folder``
+    (the id, the varying extra axes, the case), ``refinery_run: @<case>`` resolved."""
+    fields = {f.name for f in dataclasses.fields(RunConfig)}
+    ident = RunConfig(**{k: v for k, v in params.items() if k in fields})  # not validated yet: only its id
+    extra = {**overrides.get(ident.backbone, {}), **overrides.get(ident.run_id(), {})}
+    name = ident.run_id(with_seed=with_seed)
+    name += "".join(f"__{k}-{str(params[k]).replace(',', '+').replace(' ', '')}" for k in extra_axes)
+    ref = str(params.get("refinery_run", ""))
+    if ref.startswith("@"):  # @<case>: that case's run of the same grid point
+        if ref[1:] not in cases or list(cases).index(ref[1:]) >= list(cases).index(case):
+            raise ConfigError(f"{where}: case {case!r}: refinery_run {ref!r} must name an earlier case; "
+                              f"cases: {list(cases)}")
+        params["refinery_run"] = _repo_path(os.path.join(folder, f"{name}__{ref[1:]}"))
+    cfg = _checked({**params, **extra}, f"{where}{' (with its overrides)' if extra else ''}")
+    cfg.output_dir = os.path.join(folder, name + (f"__{case}" if case else ""))
+    return cfg
+
+
+def _cases(cases, where: str) -> dict[str, dict]:
+    """A profile's ``cases``: named parameter sets crossed with the grid (each run directory ends in
+    ``__<case>``); a case that pins a grid axis (``variant: elastic``) runs only at that value.
+    Without cases, one unnamed case."""
+    if cases is None:
+        return {"": {}}
+    if not isinstance(cases, dict) or not cases or not all(isinstance(v, dict) or v is None for v in cases.values()):
+        raise ConfigError(f"{where}: 'cases' must map case names to parameter mappings, got {cases!r}")
+    fields = {f.name for f in dataclasses.fields(RunConfig)}
+    for name, params in cases.items():
+        bad = sorted(set(params or {}) - fields)
+        if bad or not str(name).replace("_", "").replace("-", "").isalnum():
+            raise ConfigError(f"{where}: case {name!r}: a name of letters, digits, - and _, and RunConfig "
+                              f"parameters (unknown: {bad})")
+    return {str(k): dict(v or {}) for k, v in cases.items()}
+
+
+def _repo_path(path: str) -> str:
+    """``path`` relative to the repo when inside it (no machine paths in params.yaml)."""
+    rel = os.path.relpath(os.path.abspath(path), ROOT)
+    return path if rel.startswith("..") else rel
 
 
 def _checked(params: dict, where: str) -> RunConfig:

@@ -147,6 +147,26 @@ def nearest_exit_to_depth(costs: pd.DataFrame, depth: int) -> pd.Series:
 
 
 # ---------------------------------------------------------------- real early exit
+def tf_confidence(p, criterion: str, axis=None):
+    """The policy's confidence of probabilities ``p`` (traced TensorFlow): the max probability, or
+    the negative entropy; over all of ``p`` (one image) or along ``axis`` (one value per row)."""
+    import tensorflow as tf
+
+    if criterion == "max_prob":
+        return tf.reduce_max(p, axis=axis)
+    q = tf.clip_by_value(p, 1e-12, 1.0)
+    return tf.reduce_sum(q * tf.math.log(q), axis=axis)
+
+
+def export(model, path: str, criterion: str = "max_prob") -> str:
+    """A SavedModel of the batched early exit at ``path``: its ``serve(images, threshold)`` returns
+    each image's probabilities and exit index (``elastic_lib.serving.export``, which also has the
+    TensorFlow Lite conversion of every exit)."""
+    from .serving import export as export_saved_model
+
+    return export_saved_model(model, path, criterion)
+
+
 class StagedModel:
     """The elastic model cut at its taps: segment_i (tap_{i-1} -> tap_i), head_i (tap_i -> exit i)
     and the tail (last tap -> final output). Needs every tap to be a cut point of the graph
@@ -178,12 +198,7 @@ class StagedModel:
         self._spec = spec
 
     def _confidence(self, p):
-        import tensorflow as tf
-
-        if self.criterion == "max_prob":
-            return tf.reduce_max(p)
-        q = tf.clip_by_value(p, 1e-12, 1.0)
-        return tf.reduce_sum(q * tf.math.log(q))
+        return tf_confidence(p, self.criterion)
 
     def _dynamic_graph(self, x, threshold):
         import tensorflow as tf

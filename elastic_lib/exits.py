@@ -12,7 +12,7 @@ import keras
 from keras import layers
 
 from .backbones import check_image_size, check_weights, get_backbone
-from .config import EXIT_CHOICES, FINAL_HEADS
+from .config import EXIT_CHOICES, FINAL_HEADS, HEADS
 
 EXIT_PREFIX = "exit_"
 DEEPER_HALF_START = 8  # the original code: intermediate_outputs[8:] for every backbone
@@ -49,11 +49,11 @@ def resolve_taps(backbone_model: keras.Model, backbone: str, exits: str | Sequen
     return sorted(names, key=order.__getitem__)
 
 
-def _make_backbone(backbone: str, image_size: int, weights):
+def _make_backbone(backbone: str, image_size: int, weights, options: dict | None = None):
     entry = get_backbone(backbone)
     check_weights(backbone, weights)
     try:
-        return entry.constructor(input_shape=(image_size, image_size, 3), weights=weights)
+        return entry.constructor(input_shape=(image_size, image_size, 3), weights=weights, **(options or {}))
     except Exception as err:
         if weights not in (None, "imagenet"):  # h5 errors, shape or layer-count mismatches
             raise ValueError(f"weights file {weights!r} does not match the {backbone} architecture at "
@@ -68,9 +68,22 @@ def _make_backbone(backbone: str, image_size: int, weights):
         raise
 
 
+def _classifier(num_classes: int, head: str, am_scale: float):
+    """name -> an output's classifier layer (float32 under mixed precision, probabilities out)."""
+    def make(name: str):
+        if head == "am_softmax":
+            from .heads import CosineSoftmax
+
+            return CosineSoftmax(num_classes, am_scale, name=name)
+        return layers.Dense(num_classes, activation="softmax", dtype="float32", name=name)
+
+    return make
+
+
 def build_elastic_model(backbone: str, num_classes: int, image_size: int, exits="all",
                         final_head: str = "flatten", weights=None, dropout: float = 0.2,
-                        extra_exits: Sequence[str] = ()) -> keras.Model:
+                        extra_exits: Sequence[str] = (), head: str = "softmax", am_scale: float = 5.0,
+                        backbone_options: dict | None = None) -> keras.Model:
     """Backbone + elastic exits. Outputs: the exits (shallowest first), then the final head.
 
     exits: "none" (baseline), "all", "deeper_half" (the default taps from the 9th on, as the
@@ -79,6 +92,9 @@ def build_elastic_model(backbone: str, num_classes: int, image_size: int, exits=
     final_head: "flatten" (original: Flatten -> Dropout -> Dense, the baseline's too) or
     "gap" (GlobalAveragePooling2D instead of Flatten).
     weights: None, "imagenet" (Keras download) or the path of a local weights file.
+    head: every output's classifier, "softmax" (Dense + softmax) or "am_softmax" (the cosine head
+    ``heads.CosineSoftmax`` of scale ``am_scale``); both output probabilities, named ``*_softmax``.
+    backbone_options: the registry builder's own options (e.g. inception_v4's ``bn_epsilon``).
     """
     get_backbone(backbone)
     check_image_size(backbone, image_size)
@@ -90,8 +106,10 @@ def build_elastic_model(backbone: str, num_classes: int, image_size: int, exits=
         raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
     if isinstance(exits, str) and exits not in EXIT_CHOICES:
         raise ValueError(f"bad exit spec {exits!r}: use one of {EXIT_CHOICES} or a list of layer names")
-
-    base = _make_backbone(backbone, image_size, weights)
+    if head not in HEADS:
+        raise ValueError(f"unknown head {head!r}; valid: {HEADS}")
+    classifier = _classifier(num_classes, head, am_scale)
+    base = _make_backbone(backbone, image_size, weights, backbone_options)
     taps = resolve_taps(base, backbone, exits)
     if extra_exits:
         if exits == "none":
@@ -101,12 +119,11 @@ def build_elastic_model(backbone: str, num_classes: int, image_size: int, exits=
     for tap in taps:
         x = layers.GlobalAveragePooling2D(name=f"{EXIT_PREFIX}{tap}_pool")(base.get_layer(tap).output)
         x = layers.Dropout(dropout, name=f"{EXIT_PREFIX}{tap}_dropout")(x)
-        outputs.append(layers.Dense(num_classes, activation="softmax", dtype="float32",  # float32 under mixed precision
-                                    name=f"{EXIT_PREFIX}{tap}_softmax")(x))
+        outputs.append(classifier(f"{EXIT_PREFIX}{tap}_softmax")(x))
     x = base.output
     x = (layers.Flatten if final_head == "flatten" else layers.GlobalAveragePooling2D)(name=f"{FINAL_PREFIX}{final_head}")(x)
     x = layers.Dropout(dropout, name=f"{FINAL_PREFIX}dropout")(x)  # the original keeps it without exits too
-    outputs.append(layers.Dense(num_classes, activation="softmax", dtype="float32", name=f"{FINAL_PREFIX}softmax")(x))
+    outputs.append(classifier(f"{FINAL_PREFIX}softmax")(x))
     name = f"elastic_{backbone}" if taps else f"{backbone}_baseline"
     return keras.Model(base.input, outputs, name=name.replace(".", "_"))
 

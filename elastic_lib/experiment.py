@@ -65,6 +65,10 @@ class Experiment:
         parameters, the plumbing, the machine and the determinism settings). The training state
         of an interrupted run with the same parameters (``resume/``) is kept: train() goes on
         from its last finished epoch; with other parameters it is discarded."""
+        if self.cfg.refinery_run:  # a missing or mismatched teacher is a clear error before anything runs
+            from .refinery import check_refinery
+
+            check_refinery(self.cfg.refinery_dir, self.cfg)
         os.makedirs(self.run_dir, exist_ok=True)
         self.code = provenance.code_hashes()  # the code this run starts with (its fingerprint, resume stamp)
         results.clear_run(self.run_dir)
@@ -145,7 +149,7 @@ class Experiment:
         keras.config.set_dtype_policy(c.precision)
         try:
             return build_elastic_model(c.backbone, self.splits.num_classes, c.image_size, c.exit_spec, c.final_head,
-                                       weights, c.dropout, c.extra_exit_list)
+                                       weights, c.dropout, c.extra_exit_list, c.head, c.am_scale, c.backbone_options)
         finally:
             keras.config.set_dtype_policy(before)
 
@@ -159,8 +163,32 @@ class Experiment:
         self._require("pipeline", "splits", "model")
         c, s = self.cfg, self.splits
         x, y = getattr(s, f"x_{split}"), getattr(s, f"y_{split}")
+        if c.refinery_run:  # soft targets to train on, one-hot labels to select and report on
+            y = self.refinery_targets if split == "train" else np.eye(s.num_classes, dtype=np.float32)[y]
         return make_pipeline(x, y, c.image_size, self.preprocess, c.batch_size,
                              len(self.model.outputs), shuffle=shuffle, seed=c.seed, augment=c.augment and shuffle)
+
+    @property
+    def refinery_targets(self) -> np.ndarray:
+        """Label refinery: the ``refinery_run``'s ``refinery_output`` probabilities on this run's
+        training images (computed once)."""
+        if getattr(self, "_refinery_targets", None) is None:
+            from .refinery import refinery_targets
+
+            c = self.cfg
+            self._refinery_targets = refinery_targets(c.refinery_dir, c, self.splits.x_train, self.splits.num_classes,
+                                                      c.refinery_output)
+        return self._refinery_targets
+
+    @property
+    def training_model(self):
+        """What ``fit`` trains: the model, or with ``self_distillation`` the same layers with
+        every exit also learning the final output's softened predictions (``heads``)."""
+        if not self.cfg.self_distillation:
+            return self.model
+        from .heads import with_self_distillation
+
+        return with_self_distillation(self.model, self.cfg.distill_temperature, self.cfg.distill_weight)
 
     # ------------------------------------------------------------ train
     def train(self, verbose: int = 0) -> pd.DataFrame:
@@ -168,7 +196,7 @@ class Experiment:
         t0 = time.perf_counter()
         if not os.path.isdir(self.state_dir):  # train() without setup(), e.g. from a script
             self._keep_or_drop_resume_state()
-        self.history = fit_two_phase(self.model, self.pipeline("train", shuffle=True), self.pipeline("val"), self.cfg,
+        self.history = fit_two_phase(self.training_model, self.pipeline("train", shuffle=True), self.pipeline("val"), self.cfg,
                                      strategy=self.strategy() if self.cfg.strategy != "default" else None,
                                      verbose=verbose, state_dir=self.state_dir, test_ds=self.pipeline("test"),
                                      progress=os.path.join(self.run_dir, PROGRESS))
@@ -280,6 +308,23 @@ class Experiment:
         results.write_csv(self.run_dir, "same_depth.csv", df)
         return df
 
+    def report(self) -> str:
+        """The analysis report in the Inception-v4 study's layout (``report.md``, Markdown)."""
+        from .reproducibility import machine_info
+        from .report import analysis_report
+
+        self._require("report", "exits", "per_class", "latency_df")
+        c, info = self.cfg, machine_info()
+        gpus = [d for d in str(info.get("devices", "")).split(", ") if d.startswith("GPU")]
+        device = gpus[0] if gpus else f"CPU: {info['cpu_model']}, {info['cpu_count']} cores"
+        config = {"backbone": c.backbone, "variant": c.variant, "dataset": c.dataset_label,
+                  "image size": f"{c.image_size}x{c.image_size}", "seed": c.seed, "head": c.head,
+                  **{k.replace("_", " "): v for k, v in c.backbone_options.items()},
+                  "test images": int(self.exits["n"].iloc[-1])}
+        text = analysis_report(c.run_id(), config, self.exits, self.per_class, self.latency_df, device)
+        results.atomic_write_text(os.path.join(self.run_dir, "report.md"), text)
+        return text
+
     # ------------------------------------------------------------ finish
     def summary(self) -> pd.DataFrame:
         self._require("summary", "exits", "latency_df", "history")
@@ -308,6 +353,7 @@ class Experiment:
         """summary.csv, the run's fingerprint (params.yaml: what made it, see provenance), then DONE
         (unless the batch driver writes it after saving the notebook)."""
         self.summary()
+        self.report()
         provenance.record(self.run_dir, self.cfg, self.code)
         results.remove_tree(self.state_dir)  # finished: nothing left to resume
         with contextlib.suppress(FileNotFoundError):

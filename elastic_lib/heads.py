@@ -47,6 +47,14 @@ class CosineSoftmax(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "units": self.units, "scale": self.scale}
 
+    def elastic_cost(self, input_shape, output_shape) -> dict:
+        """Inference cost for ``elastic_lib.complexity`` (batch of one): the matmul as a Dense's
+        (``kernel_macs``); normalising the features (a square, add, root and divide per element),
+        the scale and the softmax as element-wise work; the class weights' norms are constants."""
+        n_in, n_out = int(input_shape[-1]), int(output_shape[-1])
+        return {"kernel_macs": n_in * n_out, "macs": n_in * n_out, "mults": 2 * n_in + n_out,
+                "adds": n_in + 3 * n_out}
+
 
 def am_softmax_loss(scale: float = 5.0, margin: float = 0.0):
     """Sparse-label AM-softmax loss on the probabilities of a ``CosineSoftmax`` of the same scale."""
@@ -95,3 +103,14 @@ class SelfDistillation(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "temperature": self.temperature, "weight": self.weight}
+
+
+def with_self_distillation(model: keras.Model, temperature: float, weight: float) -> keras.Model:
+    """The model to *train* for self-distillation: the same layers and weights, every exit's output
+    passed through a ``SelfDistillation`` against the final output (named ``distill_NN``).
+    Its outputs equal ``model``'s (exits first, final last), so evaluation, early exit and export
+    use ``model`` itself, which never carries the distillation layers."""
+    final = model.outputs[-1]
+    outs = [SelfDistillation(temperature, weight, name=f"distill_{i:02d}")([p, final])
+            for i, p in enumerate(model.outputs[:-1], start=1)]
+    return keras.Model(model.inputs, [*outs, final], name=f"{model.name}_self_distillation")

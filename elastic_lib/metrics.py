@@ -13,6 +13,8 @@ def predict_outputs(model, dataset) -> tuple[list[np.ndarray], np.ndarray]:
     probs = model.predict(dataset, verbose=0)
     probs = probs if isinstance(probs, (list, tuple)) else [probs]
     labels = np.concatenate([np.asarray(y[0] if isinstance(y, (list, tuple)) else y) for _, y in dataset])
+    if labels.ndim == 2:  # one-hot labels (a label-refinery run's evaluation splits)
+        labels = labels.argmax(1)
     return [np.asarray(p, dtype=np.float64) for p in probs], labels
 
 

@@ -14,7 +14,7 @@ from .config import ConfigError
 from .results import is_done, read_params, repo_relative
 
 
-def check_refinery(refinery_run: str, cfg, num_classes: int) -> dict:
+def check_refinery(refinery_run: str, cfg, num_classes: int | None = None) -> dict:
     """The refinery run's parameters, if it can teach a run of ``cfg`` (same dataset, label mode
     and image size; the number of classes is checked by ``refinery_targets``, which loads the
     run's data); else a ConfigError that says what differs."""

@@ -19,17 +19,8 @@ import os
 
 import numpy as np
 
-from .early_exit import StagedModel, _check_criterion, threshold_to_confidence
+from .early_exit import StagedModel, _check_criterion, threshold_to_confidence, tf_confidence
 from .exits import short_output_names
-
-
-def _row_confidence(p, criterion: str):
-    import tensorflow as tf
-
-    if criterion == "max_prob":
-        return tf.reduce_max(p, axis=-1)
-    q = tf.clip_by_value(p, 1e-12, 1.0)
-    return tf.reduce_sum(q * tf.math.log(q), axis=-1)
 
 
 def _on_rows(sub, h):
@@ -57,7 +48,7 @@ def batched_early_exit(staged: StagedModel, x, confidence_threshold):
     for i in range(staged.n_exits):
         h = _on_rows(staged.segments[i], h)
         p = _on_rows(staged.heads[i], h)
-        done = _row_confidence(p, staged.criterion) >= confidence_threshold
+        done = tf_confidence(p, staged.criterion, axis=-1) >= confidence_threshold
         where = tf.boolean_mask(rows, done)[:, None]
         probs = tf.tensor_scatter_nd_update(probs, where, tf.boolean_mask(p, done))
         chosen = tf.tensor_scatter_nd_update(chosen, where, tf.fill([tf.shape(where)[0]], i))

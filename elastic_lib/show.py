@@ -59,6 +59,13 @@ def latency(df: pd.DataFrame) -> None:
         table(rows.astype({c: int for c in ("n_images",) if c in rows.columns}))
 
 
+def markdown(text: str) -> None:
+    """Markdown (a run's report.md) rendered in the notebook."""
+    from IPython.display import Markdown
+
+    _display(Markdown(text))
+
+
 def figure(path: str, width: int = 720) -> None:
     """A saved figure, under its (repo- or interactive-relative) path."""
     from IPython.display import Image

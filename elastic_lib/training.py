@@ -93,15 +93,28 @@ def set_trainable(model: keras.Model, backbone: bool, frozen_bn: str = "inferenc
             layer.trainable = backbone or head
 
 
+def output_loss(cfg: RunConfig):
+    """Each output's loss: sparse cross-entropy (the paper); the AM-softmax loss for
+    ``head="am_softmax"``; with a label refinery, the cross-entropy against soft targets (its
+    evaluation splits carry one-hot labels), which is AM-softmax's at margin 0."""
+    if cfg.refinery_run:
+        return keras.losses.CategoricalCrossentropy()
+    if cfg.head == "am_softmax":
+        from .heads import am_softmax_loss
+
+        return am_softmax_loss(cfg.am_scale, cfg.am_margin)
+    return keras.losses.SparseCategoricalCrossentropy()
+
+
 def compile_model(model: keras.Model, lr: float, cfg: RunConfig, metrics: str = "all",
                   momentum: float | None = None) -> None:
-    """SGD(lr, momentum; default ``cfg.momentum``), one sparse cross-entropy per output weighted
+    """SGD(lr, momentum; default ``cfg.momentum``), one loss per output (``output_loss``) weighted
     by ``cfg.loss_weights``; accuracy on every output (``metrics="all"``) or on the final one."""
     n = len(model.outputs)
     acc = [["accuracy"] for _ in range(n)] if metrics == "all" else [[] for _ in range(n - 1)] + [["accuracy"]]
     model.compile(
         optimizer=keras.optimizers.SGD(learning_rate=lr, momentum=cfg.momentum if momentum is None else momentum),
-        loss=[keras.losses.SparseCategoricalCrossentropy() for _ in range(n)],
+        loss=[output_loss(cfg) for _ in range(n)],
         loss_weights=loss_weights(n, cfg.loss_weights),
         metrics=acc,
         jit_compile=cfg.jit_compile,

@@ -52,11 +52,15 @@ EXPECTED_TAPS = {
     "densenet201": _densenet_taps((6, 12, 48, 32)),
     "vgg16": [f"block{i}_pool" for i in range(1, 6)],
     "efficientnet_b0": _EFFNET_TAPS,
+    # Inception-v4 (Szegedy et al. 2016, Fig. 9): stem, 4 x A, Reduction-A, 7 x B, Reduction-B, 3 x C
+    "inception_v4": ["stem", *[f"inception_a{i}" for i in range(1, 5)], "reduction_a",
+                     *[f"inception_b{i}" for i in range(1, 8)], "reduction_b", *[f"inception_c{i}" for i in range(1, 4)]],
+    "efficientnet_b0_cifar": _EFFNET_TAPS,  # B0's blocks, two strides changed
 }
 # The counts from the brief / paper, kept separate from the name lists above as a cross-check.
 EXPECTED_COUNTS = {"resnet50": 16, "resnet50_legacy": 16, "resnet101": 33, "resnet152": 50, "inception_v3": 11,
                    "mobilenet_0.75": 13, "vgg16": 5, "densenet121": 7, "densenet169": 7, "densenet201": 7,
-                   "mobilenet_v2": 17, "efficientnet_b0": 16}
+                   "mobilenet_v2": 17, "efficientnet_b0": 16, "inception_v4": 17, "efficientnet_b0_cifar": 16}
 
 
 class Built:

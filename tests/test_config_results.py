@@ -74,7 +74,7 @@ def test_negative_and_missing_paths(tmp_path):
 # ---------------------------------------------------------------- profiles
 def write_profile(tmp_path, spec, name="p.yaml"):
     path = tmp_path / name
-    path.write_text(yaml.safe_dump(spec))
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return str(path)
 
 
@@ -90,6 +90,25 @@ def test_profile_expands_grid(tmp_path):
     assert {r.learning_rate for r in prof.runs if r.backbone == "vgg16"} == {0.05}
     assert {r.learning_rate for r in prof.runs if r.backbone != "vgg16"} == {RunConfig().learning_rate}
     assert all(r.phase2_epochs == 2 for r in prof.runs)
+
+
+def test_profile_cases_cross_the_grid_pin_variants_and_name_refinery_runs(tmp_path):
+    cases = {"ce": {}, "am": {"head": "am_softmax"}, "am_refinery": {"head": "am_softmax", "refinery_run": "@am"},
+             "distill": {"variant": "elastic", "self_distillation": True}}
+    path = write_profile(tmp_path, {"grid": {"variant": ["baseline", "elastic"]}, "cases": cases}, "cases.yaml")
+    runs = load_profile(path, results_root=str(tmp_path / "res")).runs
+    names = [os.path.basename(r.output_dir) for r in runs]
+    assert names == [f"mobilenet_0.75__digits__{v}__{c}" for v in ("baseline", "elastic") for c in cases][:3] + [
+        f"mobilenet_0.75__digits__elastic__{c}" for c in cases]  # distill pins elastic: no baseline run
+    refined = [r for r in runs if r.output_dir.endswith("am_refinery")]
+    assert [r.refinery_dir for r in refined] == [r.output_dir[:-len("_refinery")] for r in refined]
+    assert [r.head for r in runs[:3]] == ["softmax", "am_softmax", "am_softmax"] and runs[-1].self_distillation
+    cases["early"] = {"refinery_run": "@late"}
+    path = write_profile(tmp_path, {"cases": cases}, "bad.yaml")
+    with pytest.raises(ConfigError, match="refinery_run '@late' must name an earlier case"):
+        load_profile(path, results_root=str(tmp_path / "res"))
+    with pytest.raises(ConfigError, match="only inside a profile's cases"):
+        RunConfig(refinery_run="@am").validate()
 
 
 @pytest.mark.parametrize("spec, named", [

@@ -74,3 +74,26 @@ def test_options_bn_epsilon_and_count_include_pad():
         InceptionV4((MIN_SIZE, MIN_SIZE, 3), bn_epsilon=0.01)
     with pytest.raises(ValueError, match="no Keras ImageNet weights"):
         InceptionV4((MIN_SIZE, MIN_SIZE, 3), weights="imagenet")
+
+
+@pytest.mark.parametrize("exits, n_outputs", [("all", 18), ("none", 1)])
+def test_the_registry_entry_builds_at_299_with_and_without_exits(exits, n_outputs):
+    from elastic_lib import build_elastic_model
+
+    model = build_elastic_model("inception_v4", 10, 299, exits, final_head="gap")
+    assert len(model.outputs) == n_outputs and model.get_layer("inception_c3").output.shape[1:] == (8, 8, 1536)
+
+
+def test_run_options_reach_the_builder_and_other_backbones_refuse_them():
+    from elastic_lib.config import ConfigError, RunConfig
+    from elastic_lib.exits import build_elastic_model
+
+    cfg = RunConfig(backbone="inception_v4", image_size=MIN_SIZE, bn_epsilon=1e-5, count_include_pad=True).validate()
+    assert cfg.backbone_options == {"bn_epsilon": 1e-5, "count_include_pad": True}
+    assert RunConfig(backbone="inception_v4", image_size=MIN_SIZE).backbone_options == {"count_include_pad": False}
+    model = build_elastic_model("inception_v4", 10, MIN_SIZE, "none", backbone_options=cfg.backbone_options)
+    assert model.get_layer("stem_1_bn").epsilon == 1e-5 and model.get_layer("inception_c3_b3_pad")
+    with pytest.raises(ConfigError, match="count_include_pad=True is an option of backbones that have it"):
+        RunConfig(backbone="vgg16", count_include_pad=True).validate()
+    with pytest.raises(ConfigError, match="below inception_v4's minimum input size 75"):
+        RunConfig(backbone="inception_v4", image_size=64).validate()

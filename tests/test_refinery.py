@@ -41,3 +41,20 @@ def test_a_refinery_of_another_task_is_refused(teacher, tmp_path):
         refinery.refinery_targets(out, RunConfig(**TINY), exp.splits.x_test[:2], n + 1)
     with pytest.raises(ConfigError, match="not a finished run"):
         refinery.check_refinery(str(tmp_path), RunConfig(**TINY), n)
+
+
+def test_a_chain_of_refinery_runs_trains_on_the_teachers_soft_targets(teacher, tmp_path):
+    """teacher -> student (AM-softmax head, margin 0) -> grandstudent: each trains on its
+    teacher's final-output probabilities on its own training images, and reports on true labels."""
+    out, exp = teacher
+    student_dir, grand_dir = str(tmp_path / "student"), str(tmp_path / "grand")
+    student = experiment.run({**TINY, "head": "am_softmax", "refinery_run": out, "output_dir": student_dir})
+    expected = exp.model.predict(exp.pipeline("train"), verbose=0)[-1]
+    np.testing.assert_allclose(student.refinery_targets, expected, rtol=1e-5, atol=1e-6)
+    y = np.concatenate([yb[0] for _, yb in student.pipeline("test")])
+    assert (y.argmax(1) == student.splits.y_test).all() and (student.exits["n"] == len(student.splits.y_test)).all()
+    grand = experiment.run({**TINY, "refinery_run": student_dir, "output_dir": grand_dir})
+    targets = student.model.predict(student.pipeline("train"), verbose=0)[-1]
+    np.testing.assert_allclose(grand.refinery_targets, targets, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ConfigError, match="AM margin is undefined"):
+        RunConfig(**{**TINY, "head": "am_softmax", "am_margin": 0.1, "refinery_run": out}).validate()
