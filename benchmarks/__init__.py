@@ -8,7 +8,9 @@ one-line ``verdict`` against its target):
 3. ``memory``            peak RSS of one epoch through the 224x224 pipeline vs. the resized dataset
 4. ``complexity_bench``  the Keras-graph FLOPs walker vs. TensorFlow's profiler
 5. ``early_exit_bench``  measured early-exit speed-up next to its FLOPs ratio; naive vs. compiled
+6. ``early_exit_efficiency``  speed-up / FLOPs ratio of the dynamic policy (tf.cond and the lean
+   TFLite cascade, 32 and 224 px), no-exit overhead, every exit alone in TFLite, batch 64
 """
 import elastic_lib  # noqa: F401  (its setup_environment() runs before TensorFlow is imported)
 
-FIGURES = ("overhead", "pipeline", "memory", "complexity_bench", "early_exit_bench")
+FIGURES = ("overhead", "pipeline", "memory", "complexity_bench", "early_exit_bench", "early_exit_efficiency")

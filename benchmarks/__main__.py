@@ -69,6 +69,9 @@ def write_report(path: str, info: dict, results: dict, modules: dict, quick: boo
     for name, r in results.items():
         if "error" in r:
             lines.append(f"| {name} | error | | ERROR: {_md_escape(r['error'])} |")
+        elif r.get("summary_rows"):  # a module with several figures: one summary row each
+            lines += [f"| {_md_escape(x['figure'])} | {_md_escape(x['measured'])} | {_md_escape(x['target'])} | "
+                      f"{'PASS' if x['pass'] else 'FAIL'} |" for x in r["summary_rows"]]
         else:
             lines.append(f"| {_md_escape(r['figure'])} | {_md_escape(r['measured'])} | {_md_escape(r['target'])} | "
                          f"{'PASS' if r['pass'] else 'FAIL'} |")

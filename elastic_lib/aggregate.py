@@ -5,7 +5,7 @@ import os
 
 import pandas as pd
 
-from . import plots, provenance, results, stats
+from . import aggregate_cases, plots, provenance, results, stats
 from .config import ROOT, ConfigError, interactive_dir, load_profile
 
 METRICS = [("final_top1_err_pct", "err_final"), ("best_top1_err_pct", "err_best_output"),
@@ -143,9 +143,10 @@ def paper_table(long: pd.DataFrame) -> str:
     return pd.DataFrame(rows).to_markdown(index=False, tablefmt="github", disable_numparse=True) + "\n"
 
 
-def caption(profile: str, profile_dir: str, long: pd.DataFrame) -> str:
+def caption(profile: str, profile_dir: str, long: pd.DataFrame | None = None, paper_layout: bool = True) -> str:
     """How the numbers were made, from the runs' params.yaml: size, weights, data, epochs,
-    seeds, protocols, convention, commits."""
+    seeds, protocols, convention, commits (``paper_layout=False``: without the paper table's
+    protocols and convention, which a table then states itself)."""
     docs = {r: results.read_params_yaml(r) for r in results.completed_runs(profile_dir)}
     runs = [results.read_params(r, with_plumbing=True, doc=d) for r, d in docs.items()]
     envs = [d.get("environment") or {} for d in docs.values()]
@@ -163,10 +164,13 @@ def caption(profile: str, profile_dir: str, long: pd.DataFrame) -> str:
     seeds = sorted({p["seed"] for p in runs})
     ran = results.collect(profile_dir, "summary.csv").get("epochs_run", pd.Series(dtype=float)).dropna()
     ran = f", {int(ran.min())}–{int(ran.max())} run (early stopping on validation loss)" if len(ran) else ""
-    return (f"Profile `{profile}`: {len(runs)} runs; {values('image_size')} px; weights "
-            f"{values('weights', lambda v: v or 'random init')}; {data}; up to {values('phase1_epochs')} + {values('phase2_epochs')} epochs "
-            f"(phase 1 + phase 2){ran}; seeds {', '.join(map(str, seeds))} (mean ± std over seeds when more than one). "
-            "Errors: **clean protocol** = the best-val_loss checkpoint tested once, of the last exit and the final head "
+    setup = (f"Profile `{profile}`: {len(runs)} runs; {values('image_size')} px; weights "
+             f"{values('weights', lambda v: v or 'random init')}; {data}; up to {values('phase1_epochs')} + "
+             f"{values('phase2_epochs')} epochs (phase 1 + phase 2){ran}; seeds {', '.join(map(str, seeds))} "
+             "(mean ± std over seeds when more than one). ")
+    if not paper_layout:
+        return setup + f"Commit(s): {', '.join(commits)}.\n"
+    return (setup + "Errors: **clean protocol** = the best-val_loss checkpoint tested once, of the last exit and the final head "
             "the one with the lower validation error; **paper protocol** = every output tested after each phase-2 "
             "epoch, the minimum over epochs of the better of the last exit and the final head (test-selected, as "
             "the original code); [paper] = the paper's Table I (ImageNet weights, 224 px, full CIFAR, paper "
@@ -328,6 +332,33 @@ def write_tables(profile: str, profile_dir: str, out_dir: str, long: pd.DataFram
     return written
 
 
+CASES_CAPTION = ("Errors: the best-val_loss checkpoint tested once on the test split (clean protocol), no test-set "
+                 "selection. Costs of the final output for one image: params; kernel_macs (the original code's "
+                 "count: convolution and dense multiply-accumulates); macs (all multiply-accumulates, what PyTorch "
+                 "op counters report as FLOPs); flops (2 x macs + element-wise work); MicroNet score = params/2 "
+                 "(16-bit) / 36.5 M + (mults/2 + adds) / 10.49 G (MicroNet Challenge 2019, CIFAR-100).\n")
+
+
+def _write_cases(profile: str, profile_dir: str, out_dir: str, fig_dir: str, cases: dict) -> dict:
+    warn = stale_caption(profile_dir, profile)
+    text = (warn + "\n" if warn else "") + caption(profile, profile_dir, paper_layout=False) + CASES_CAPTION
+    written = aggregate_cases.write_case_tables(profile, profile_dir, out_dir, cases, text + machine_caption(profile_dir))
+    written["markdown"] = written["table_cases.md"]
+    exits = aggregate_cases.with_case(results.collect(profile_dir, "exits.csv"), cases)
+    summary = aggregate_cases.with_case(results.collect(profile_dir, "summary.csv"), cases)
+    figs = {"training_curves": plots.all_training_curves(results.collect(profile_dir, "history.csv"))}
+    for (case, ds), group in exits.groupby(["case", "dataset"], observed=True):
+        if (group["variant"] == "elastic").any():
+            base = summary[(summary["case"] == case) & (summary["variant"] == "baseline")]
+            fig = figs[f"error_vs_depth_{ds}_{case}"] = plots.depth_curves(group, base, ds)
+            fig.axes[0].set_title(f"{fig.axes[0].get_title()} (case {case})".strip())
+    written["figures"] = []
+    for name, fig in figs.items():
+        written["figures"] += plots.save(fig, os.path.join(fig_dir, name))
+        plots.plt.close(fig)
+    return written
+
+
 def write_all(profile: str, results_root: str | None = None, tables_dir: str | None = None,
               figures_dir: str | None = None) -> dict:
     """Reads the completed runs of ``<results_root>/<profile>/``; writes the tables into
@@ -338,6 +369,10 @@ def write_all(profile: str, results_root: str | None = None, tables_dir: str | N
     if long.empty:
         raise FileNotFoundError(f"no completed runs in {profile_dir}; run ./run_all.sh --profile {profile} first")
     written = {"tables_dir": out_dir, "figures_dir": fig_dir}
+    cases = aggregate_cases.profile_cases(profile)
+    if cases:  # runs of different cases are different models: their own tables and per-case figures
+        written |= _write_cases(profile, profile_dir, out_dir, fig_dir, cases)
+        return written
     written |= write_tables(profile, profile_dir, out_dir, long)
 
     summary = results.collect(profile_dir, "summary.csv")

@@ -131,3 +131,73 @@ def tflite_predict(path: str, x: np.ndarray) -> np.ndarray:
     interp.set_tensor(inp["index"], np.asarray(x, np.float32))
     interp.invoke()
     return interp.get_tensor(out["index"])
+
+
+def _convert(fn) -> bytes:
+    """A batch-1 ``tf.function`` (input signature fixed) as a TensorFlow Lite flatbuffer."""
+    import tensorflow as tf
+
+    return tf.lite.TFLiteConverter.from_concrete_functions([fn.get_concrete_function()], fn).convert()
+
+
+class _Stage:
+    """One TFLite interpreter with numpy views on its tensors (no copies besides the input)."""
+
+    def __init__(self, flatbuffer: bytes, threads: int | None):
+        import tensorflow as tf
+
+        self.interp = tf.lite.Interpreter(model_content=flatbuffer, num_threads=threads)
+        self.interp.allocate_tensors()
+        self._in = self.interp.tensor(self.interp.get_input_details()[0]["index"])
+        # outputs in signature order: (features, probabilities) for a stage, (probabilities,) for the tail
+        self._outs = [self.interp.tensor(d["index"]) for d in sorted(self.interp.get_output_details(),
+                                                                      key=lambda d: d["name"])]
+
+    def __call__(self, x):
+        self._in()[...] = x
+        self.interp.invoke()
+        return [o() for o in self._outs]
+
+
+class TFLiteCascade:
+    """The lean staged forward for batch-1 early exit: stage i is one TensorFlow Lite model that
+    runs segment i *and* exit head i (features and probabilities out; the tail is the last stage),
+    so the policy costs one interpreter call per stage and one host-side comparison, with no
+    TensorFlow function call, graph ``tf.cond`` or Keras sub-model dispatch on the way.
+    ``predict(x, threshold)`` returns (exit index, probabilities) exactly as
+    ``StagedModel.predict_dynamic`` decides (same first exit whose confidence passes), up to
+    TFLite's float rounding. ``final_alone(x)`` is the final output as one TFLite model, the
+    reference a speed-up is measured against in the same runtime."""
+
+    def __init__(self, model, criterion: str = "max_prob", threads: int | None = None):
+        import tensorflow as tf
+
+        staged = StagedModel(model, criterion)
+        self.criterion, self.n_exits = criterion, staged.n_exits
+        stages = []
+        for i in range(staged.n_exits):
+            seg, head = staged.segments[i], staged.heads[i]
+            spec = tf.TensorSpec([1, *seg.inputs[0].shape[1:]], tf.float32)
+
+            def step(h, seg=seg, head=head):
+                h = seg(h, training=False)
+                return {"a_features": h, "b_probabilities": head(h, training=False)}
+            stages.append(_Stage(_convert(tf.function(step, input_signature=[spec])), threads))
+        tail_spec = tf.TensorSpec([1, *staged.tail.inputs[0].shape[1:]], tf.float32)
+        tail = tf.function(lambda h: {"b_probabilities": staged.tail(h, training=False)}, input_signature=[tail_spec])
+        self.stages, self.tail = stages, _Stage(_convert(tail), threads)
+        self.final = _Stage(_convert(staged.fixed(staged.n_exits)), threads)
+
+    def predict(self, x, threshold: float):
+        from .early_exit import confidence
+
+        t = threshold_to_confidence(threshold, self.criterion)
+        h = x
+        for i, stage in enumerate(self.stages):
+            h, p = stage(h)
+            if confidence(p, self.criterion)[0] >= t:
+                return i, p.copy()
+        return self.n_exits, self.tail(h)[0].copy()
+
+    def final_alone(self, x):
+        return self.final(x)[0]

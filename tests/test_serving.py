@@ -88,3 +88,20 @@ def test_every_exit_converts_to_tflite(model, images, tmp_path):
         name = list(paths)[k]
         got = serving.tflite_predict(paths[name], images[:1])
         np.testing.assert_allclose(got, np.asarray(staged.fixed(k)(images[:1])), rtol=1e-4, atol=1e-5)
+
+
+def test_the_tflite_cascade_takes_the_staged_forwards_exits(model, images):
+    """The lean batch-1 forward (one TFLite interpreter per stage) decides as the compiled staged
+    forward does, with the same probabilities up to float rounding; at a threshold no image
+    reaches it returns the final output."""
+    probs = model.predict(images, verbose=0)
+    t = _spread_threshold(probs, "max_prob")
+    staged, cascade = early_exit.StagedModel(model), serving.TFLiteCascade(model)
+    got = [cascade.predict(x[None], t) for x in images[:24]]
+    want = [staged.predict_dynamic(x[None], t) for x in images[:24]]
+    assert [g[0] for g in got] == [w[0] for w in want] and len({g[0] for g in got}) > 1
+    np.testing.assert_allclose(np.concatenate([g[1] for g in got]), np.concatenate([w[1] for w in want]), atol=1e-5)
+    i, p = cascade.predict(images[:1], 1.01)
+    assert i == staged.n_exits
+    np.testing.assert_allclose(p, probs[-1][:1], atol=1e-5)
+    np.testing.assert_allclose(cascade.final_alone(images[:1]), probs[-1][:1], atol=1e-5)

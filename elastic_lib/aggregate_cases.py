@@ -1,0 +1,106 @@
+"""Tables of a profile with ``cases`` (named parameter sets crossed with the grid, e.g. the
+Inception-v4 study's BatchNorm / padding configurations or the MicroNet training tricks).
+
+Runs of different cases are different models, never seeds of one: every row here is one case x
+variant (x dataset), its seeds averaged. ``table_cases.md`` has the study's first-table layout for
+the final output (#top-1 | top-1 | #top-5 | top-5, as accuracies and as errors) beside params,
+FLOPs in three named conventions and the MicroNet score; ``table_cases_per_output.md`` the top-1
+error of every output; and, against the first case, what each case changed for the final output
+and for the exits.
+"""
+from __future__ import annotations
+
+import os
+
+import pandas as pd
+import yaml
+
+from . import results
+from .config import profile_path
+
+KEYS = ["case", "variant", "dataset"]
+
+
+def profile_cases(profile: str) -> dict[str, dict]:
+    """The profile's ``cases`` as written (name -> pinned parameters), in order; {} without."""
+    path = profile_path(profile)
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        return {str(k): dict(v or {}) for k, v in ((yaml.safe_load(f) or {}).get("cases") or {}).items()}
+
+
+def with_case(df: pd.DataFrame, cases: dict) -> pd.DataFrame:
+    """``df`` (from ``results.collect``) with a ``case`` column: the case whose name ends the run's directory."""
+    names = sorted(cases, key=len, reverse=True)  # the longest match: "am-refinery" before "am"
+    case = [next((c for c in names if run.endswith(f"__{c}")), "") for run in df["run"]]
+    return df.assign(case=pd.Categorical(case, categories=list(cases)))
+
+
+def final_table(exits: pd.DataFrame) -> pd.DataFrame:
+    """One row per case x variant x dataset: the final output's counts, accuracies and errors,
+    its cost, and the mean top-1 error of the exits (elastic only); means over seeds."""
+    final = exits[exits["output"] == "final"].assign(
+        top5_correct=lambda d: d["n"] - d["top5_errors"], top1_acc=lambda d: d["top1_correct"] / d["n"],
+        top5_acc=lambda d: (d["n"] - d["top5_errors"]) / d["n"])
+    mean_exit = (exits[exits["output"] != "final"].groupby("run")["top1_err_pct"].mean()
+                 .rename("exits_mean_top1_err_pct").reset_index())
+    df = final.merge(mean_exit, on="run", how="left")
+    cols = {"top1_correct": "#top-1", "top1_acc": "top-1", "top5_correct": "#top-5", "top5_acc": "top-5",
+            "top1_err_pct": "top-1 err (%)", "top5_err_pct": "top-5 err (%)",
+            "exits_mean_top1_err_pct": "exits' mean top-1 err (%)", "params_to_output": "params (M)",
+            "kernel_macs_to_output": "kernel_macs (M)", "macs_to_output": "macs (M)", "flops_to_output": "flops (M)",
+            "micronet_score": "MicroNet score"}
+    g = df.groupby(KEYS, observed=True)
+    out = g[list(cols)].mean().rename(columns=cols)
+    for c in ("params (M)", "kernel_macs (M)", "macs (M)", "flops (M)"):
+        out[c] = out[c] / 1e6
+    out.insert(0, "seeds", g.size())
+    return out.reset_index()
+
+
+def per_output_table(exits: pd.DataFrame) -> pd.DataFrame:
+    """Top-1 error (%) of every output, one row per case x variant x dataset (means over seeds)."""
+    wide = exits.pivot_table(index=KEYS, columns="output", values="top1_err_pct", aggfunc="mean", observed=True)
+    return wide[sorted(wide.columns, key=lambda o: (o == "final", o))].reset_index()
+
+
+def effects(table: pd.DataFrame, reference: str) -> list[str]:
+    """Each case against ``reference`` of the same variant and dataset: the change of the final
+    output's top-1 error and of the exits' mean, in points (negative: the case helped)."""
+    lines = []
+    ref = table[table["case"] == reference].set_index(["variant", "dataset"])
+    for _, r in table[table["case"] != reference].iterrows():
+        key = (r["variant"], r["dataset"])
+        if key not in ref.index:
+            continue
+        d_final = r["top-1 err (%)"] - ref.loc[key, "top-1 err (%)"]
+        text = f"`{r['case']}` vs `{reference}` ({r['variant']}, {r['dataset']}): final output {d_final:+.2f} points"
+        helped = ["the final output"] if d_final < 0 else []
+        if pd.notna(r["exits' mean top-1 err (%)"]):
+            d_exits = r["exits' mean top-1 err (%)"] - ref.loc[key, "exits' mean top-1 err (%)"]
+            text += f", exits' mean {d_exits:+.2f} points"
+            helped += ["the exits"] if d_exits < 0 else []
+        lines.append(text + (f" — helped {' and '.join(helped)}" if helped else " — helped neither"))
+    return lines
+
+
+def write_case_tables(profile: str, profile_dir: str, out_dir: str, cases: dict, caption: str) -> dict:
+    """``table_cases.md`` / ``.csv`` and ``table_cases_per_output.md`` / ``.csv`` (see module doc)."""
+    exits = with_case(results.collect(profile_dir, "exits.csv"), cases)
+    table, per_output = final_table(exits), per_output_table(exits)
+    pinned = "; ".join(f"`{c}`: " + (", ".join(f"{k}={v}" for k, v in p.items()) or "the defaults")
+                       for c, p in cases.items())
+    header = f"<!-- generated by elastic_lib.aggregate_cases from results/{profile}/*/ -->\n"
+    effect_lines = "".join(f"- {line}\n" for line in effects(table, next(iter(cases))))
+    md = (header + table.to_markdown(index=False, floatfmt=".4g") + "\n\n" + f"Cases: {pinned}.\n\n" + caption
+          + "\nEach case against the first, per variant (one seed: differences without confidence intervals):\n"
+          + effect_lines)
+    written = {"cases_csv": results.write_csv(out_dir, "table_cases.csv", table),
+               "cases_per_output_csv": results.write_csv(out_dir, "table_cases_per_output.csv", per_output)}
+    for name, text in (("table_cases.md", md),
+                       ("table_cases_per_output.md", header + per_output.to_markdown(index=False, floatfmt=".2f")
+                        + "\n\nTop-1 error (%) on the test split of every output (exits shallowest first).\n")):
+        results.atomic_write_text(os.path.join(out_dir, name), text)
+        written[name] = os.path.join(out_dir, name)
+    return written
