@@ -83,15 +83,16 @@ def calibrated(probs: np.ndarray, temperature: float) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+def nll(probs: np.ndarray, y: np.ndarray) -> float:
+    """Mean negative log-likelihood of the labels ``y``."""
+    return -float(np.log(np.clip(probs[np.arange(len(y)), y], 1e-30, 1.0)).mean())
+
+
 def fit_temperature(probs: np.ndarray, y: np.ndarray) -> float:
     """The temperature (0.05 .. 20) that minimises the negative log-likelihood of ``y``."""
     from scipy.optimize import minimize_scalar
 
-    def nll(log_t):
-        p = calibrated(probs, float(np.exp(log_t)))
-        return -float(np.log(np.clip(p[np.arange(len(y)), y], 1e-30, 1.0)).mean())
-
-    res = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded", options={"xatol": 1e-5})
+    res = minimize_scalar(lambda log_t: nll(calibrated(probs, float(np.exp(log_t))), y), bounds=(np.log(0.05), np.log(20.0)), method="bounded", options={"xatol": 1e-5})
     return float(np.exp(res.x))
 
 
@@ -103,9 +104,8 @@ def calibration_table(val: tuple, test: tuple, names: list[str]) -> tuple[pd.Dat
         t = fit_temperature(pv, val[1])
         temps.append(t)
         after = calibrated(pt, t)
-        nll = [-float(np.log(np.clip(p[np.arange(len(test[1])), test[1]], 1e-30, 1.0)).mean()) for p in (pt, after)]
         rows.append({"output": name, "temperature": t, "test_ece": ece(pt, test[1]), "test_ece_calibrated": ece(after, test[1]),
-                     "test_nll": nll[0], "test_nll_calibrated": nll[1]})
+                     "test_nll": nll(pt, test[1]), "test_nll_calibrated": nll(after, test[1])})
     return pd.DataFrame(rows), temps
 
 
@@ -122,3 +122,24 @@ def cost_curves(test: tuple, costs: pd.DataFrame, temperatures: list[float],
             frames.append({"probabilities": label, **policy_at(probs, test[1], t, fractions, criterion)})
     return pd.DataFrame(frames)
 
+
+def cost_curves_figure(curves: pd.DataFrame, budgets: pd.DataFrame | None = None, title: str = ""):
+    """Test accuracy vs cost fraction, as trained and temperature-scaled (``cost_curves``), with the
+    budgeted policy's points (``budget_table``) where given."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    with sns.axes_style("whitegrid"):
+        fig, ax = plt.subplots(figsize=(6.5, 4.0))
+        sns.lineplot(curves, x="cost_fraction", y="accuracy", hue="probabilities", style="probabilities",
+                     markers=True, dashes=False, sort=True, estimator=None, ax=ax)
+        if budgets is not None and not budgets.empty:
+            ax.scatter(budgets["test_cost_fraction"], budgets["test_accuracy"], marker="*", s=120, color="k",
+                       zorder=5, label="budgeted policy (test)")
+            for _, r in budgets.iterrows():
+                ax.axvline(r["budget"], color="0.7", lw=0.8, ls=":")
+        ax.set(xlabel="average cost (fraction of the final output's kernel MACs)", ylabel="test top-1 accuracy",
+               title=title)
+        ax.legend(fontsize=8, loc="lower right")
+        fig.tight_layout()
+    return fig
