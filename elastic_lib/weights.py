@@ -20,7 +20,7 @@ import os
 import sys
 from typing import Callable
 
-from .backbones import get_backbone, weights_file
+from .backbones import check_weights, get_backbone, weights_file
 from .config import ConfigError, load_profile
 
 BUILD_SIZE = 224  # every registry backbone accepts it (resnet50_legacy needs >= 197)
@@ -48,7 +48,7 @@ def download(backbones: list[str], folder: str, force: bool = False,
     """Save each backbone's ImageNet no-top weights into ``folder``; returns the files. ``build``
     (name -> Keras model with the weights loaded) is Keras' download by default."""
     for name in backbones:
-        get_backbone(name)  # unknown names fail before any download
+        check_weights(name, "imagenet")  # unknown names and backbones without ImageNet weights fail before any download
     os.makedirs(folder, exist_ok=True)
     files = []
     for name in backbones:

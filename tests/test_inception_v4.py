@@ -97,3 +97,13 @@ def test_run_options_reach_the_builder_and_other_backbones_refuse_them():
         RunConfig(backbone="vgg16", count_include_pad=True).validate()
     with pytest.raises(ConfigError, match="below inception_v4's minimum input size 75"):
         RunConfig(backbone="inception_v4", image_size=64).validate()
+
+
+def test_no_imagenet_weights_are_offered_or_downloaded(tmp_path):
+    from elastic_lib import weights
+    from elastic_lib.config import ConfigError, RunConfig
+
+    with pytest.raises(ValueError, match="inception_v4 has no Keras ImageNet weights"):
+        weights.download(["inception_v4"], str(tmp_path), build=lambda name: pytest.fail("nothing is built"))
+    with pytest.raises(ConfigError, match="efficientnet_b0_cifar has no Keras ImageNet weights"):
+        RunConfig(backbone="efficientnet_b0_cifar", weights="imagenet").validate()
