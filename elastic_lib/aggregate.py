@@ -346,7 +346,9 @@ def _write_cases(profile: str, profile_dir: str, out_dir: str, fig_dir: str, cas
     written["markdown"] = written["table_cases.md"]
     exits = aggregate_cases.with_case(results.collect(profile_dir, "exits.csv"), cases)
     summary = aggregate_cases.with_case(results.collect(profile_dir, "summary.csv"), cases)
-    figs = {"training_curves": plots.all_training_curves(results.collect(profile_dir, "history.csv"))}
+    history = aggregate_cases.with_case(results.collect(profile_dir, "history.csv"), cases)
+    history["variant"] = history["variant"] + " · " + history["case"].astype(str)  # one line per case, never pooled
+    figs = {"training_curves": plots.all_training_curves(history)}
     for (case, ds), group in exits.groupby(["case", "dataset"], observed=True):
         if (group["variant"] == "elastic").any():
             base = summary[(summary["case"] == case) & (summary["variant"] == "baseline")]

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pandas as pd
 import yaml
 
-from . import results
+from . import results, stats
 from .config import profile_path
 
 KEYS = ["case", "variant", "dataset"]
@@ -65,24 +66,65 @@ def per_output_table(exits: pd.DataFrame) -> pd.DataFrame:
     return wide[sorted(wide.columns, key=lambda o: (o == "final", o))].reset_index()
 
 
-def effects(table: pd.DataFrame, reference: str) -> list[str]:
+def per_image_errors(profile_dir: str, exits: pd.DataFrame) -> dict[tuple, dict]:
+    """(case, variant, dataset) -> {"final": 0/1 errors, "exits": each image's mean error over
+    the exits (elastic only)}, arrays (seeds, images) from the runs' ``predictions.csv``, seeds in
+    order; rows whose runs lack it are left out."""
+    out = {}
+    for key, group in exits.drop_duplicates("run").groupby(KEYS, observed=True):
+        frames = []
+        for run in group.sort_values("seed")["run"]:
+            path = os.path.join(profile_dir, run, "predictions.csv")
+            if not os.path.isfile(path):
+                break
+            frames.append(pd.read_csv(path).sort_values("image_index"))
+        else:
+            exit_cols = [c for c in frames[0].columns if c.startswith("pred_exit")]
+            out[key] = {"final": np.stack([(f["pred_final"] != f["label"]).to_numpy(float) for f in frames]),
+                        "exits": np.stack([(f[exit_cols].to_numpy() != f[["label"]].to_numpy()).mean(axis=1)
+                                           for f in frames]) if exit_cols else None}
+    return out
+
+
+def _difference(errors: dict | None, ref: dict | None, part: str) -> str:
+    """The 95% paired bootstrap interval over test images of a - b, and whether it excludes 0."""
+    if not errors or not ref or errors[part] is None or ref[part] is None or errors[part].shape != ref[part].shape:
+        return ""
+    lo, hi = stats.paired_bootstrap(errors[part], ref[part])
+    return f" [95% paired bootstrap {lo:+.2f}, {hi:+.2f}]"
+
+
+def effects(table: pd.DataFrame, reference: str, paired: dict | None = None) -> list[str]:
     """Each case against ``reference`` of the same variant and dataset: the change of the final
-    output's top-1 error and of the exits' mean, in points (negative: the case helped)."""
-    lines = []
+    output's top-1 error and of the exits' mean, in points, with a 95% paired bootstrap interval
+    over the test images where ``paired`` (``per_image_errors``) has both runs; a case "helped"
+    only where that interval lies below 0 (without intervals nothing is claimed)."""
+    lines, paired = [], paired or {}
     ref = table[table["case"] == reference].set_index(["variant", "dataset"])
     for _, r in table[table["case"] != reference].iterrows():
         key = (r["variant"], r["dataset"])
         if key not in ref.index:
             continue
-        d_final = r["top-1 err (%)"] - ref.loc[key, "top-1 err (%)"]
-        text = f"`{r['case']}` vs `{reference}` ({r['variant']}, {r['dataset']}): final output {d_final:+.2f} points"
-        helped = ["the final output"] if d_final < 0 else []
-        if pd.notna(r["exits' mean top-1 err (%)"]):
-            d_exits = r["exits' mean top-1 err (%)"] - ref.loc[key, "exits' mean top-1 err (%)"]
-            text += f", exits' mean {d_exits:+.2f} points"
-            helped += ["the exits"] if d_exits < 0 else []
-        lines.append(text + (f" — helped {' and '.join(helped)}" if helped else " — helped neither"))
+        mine, theirs = paired.get((r["case"], *key)), paired.get((reference, *key))
+        parts = [("final output", "top-1 err (%)", "final", "the final output"),
+                 ("exits' mean", "exits' mean top-1 err (%)", "exits", "the exits")]
+        text, helped = [], []
+        for label, col, part, who in parts:
+            if pd.isna(r[col]):
+                continue
+            ci = _difference(mine, theirs, part)
+            text.append(f"{label} {r[col] - ref.loc[key, col]:+.2f} points{ci}")
+            if ci and float(ci.split(",")[1].strip(" ]")) < 0:
+                helped.append(who)
+        verdict = f"helped {' and '.join(helped)}" if helped else ("no difference resolved" if mine and theirs
+                                                                  else "no per-image test (predictions.csv missing)")
+        lines.append(f"`{r['case']}` vs `{reference}` ({r['variant']}, {r['dataset']}): {', '.join(text)} — {verdict}")
     return lines
+
+
+def _markdown(df: pd.DataFrame, floatfmt: str) -> str:
+    """A table in Markdown, empty cells (a baseline has no exits) shown as "—"."""
+    return df.astype(object).where(df.notna(), None).to_markdown(index=False, floatfmt=floatfmt, missingval="—")
 
 
 def write_case_tables(profile: str, profile_dir: str, out_dir: str, cases: dict, caption: str) -> dict:
@@ -92,14 +134,16 @@ def write_case_tables(profile: str, profile_dir: str, out_dir: str, cases: dict,
     pinned = "; ".join(f"`{c}`: " + (", ".join(f"{k}={v}" for k, v in p.items()) or "the defaults")
                        for c, p in cases.items())
     header = f"<!-- generated by elastic_lib.aggregate_cases from results/{profile}/*/ -->\n"
-    effect_lines = "".join(f"- {line}\n" for line in effects(table, next(iter(cases))))
-    md = (header + table.to_markdown(index=False, floatfmt=".4g") + "\n\n" + f"Cases: {pinned}.\n\n" + caption
-          + "\nEach case against the first, per variant (one seed: differences without confidence intervals):\n"
+    paired = per_image_errors(profile_dir, exits)
+    effect_lines = "".join(f"- {line}\n" for line in effects(table, next(iter(cases)), paired))
+    md = (header + _markdown(table, ".4g") + "\n\n" + f"Cases: {pinned}.\n\n" + caption
+          + "\nEach case against the first, per variant (a 95% paired bootstrap interval over the test images, "
+            "seed-averaged; a case helped only where it lies below 0):\n"
           + effect_lines)
     written = {"cases_csv": results.write_csv(out_dir, "table_cases.csv", table),
                "cases_per_output_csv": results.write_csv(out_dir, "table_cases_per_output.csv", per_output)}
     for name, text in (("table_cases.md", md),
-                       ("table_cases_per_output.md", header + per_output.to_markdown(index=False, floatfmt=".2f")
+                       ("table_cases_per_output.md", header + _markdown(per_output, ".2f")
                         + "\n\nTop-1 error (%) on the test split of every output (exits shallowest first).\n")):
         results.atomic_write_text(os.path.join(out_dir, name), text)
         written[name] = os.path.join(out_dir, name)

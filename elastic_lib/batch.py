@@ -289,7 +289,7 @@ def _aggregate(prof, profile_dir: str, figures_root: str | None, timeout_s: floa
     done = [r for r in prof.runs if results.is_done(r.output_dir)]
     if not done:
         return None
-    print(f"aggregating {len(done)} completed run(s) -> {repo_relative(profile_dir)}/table_error_flops.*",
+    print(f"aggregating {len(done)} completed run(s) -> {repo_relative(profile_dir)}/ (tables) and figures/{os.path.basename(profile_dir)}/",
           file=out, flush=True)
     params = {"profile": prof.name, "results_root": repo_relative(os.path.dirname(profile_dir)),
               "tables_dir": repo_relative(profile_dir),

@@ -44,10 +44,20 @@ def test_final_table_keeps_cases_apart_and_has_the_studys_columns():
 
 
 def test_effects_against_the_first_case_per_variant():
-    lines = aggregate_cases.effects(aggregate_cases.final_table(_table()), "ce")
+    table = aggregate_cases.final_table(_table())
+    lines = aggregate_cases.effects(table, "ce")  # no per-image errors: differences, nothing claimed
     assert lines == ["`am` vs `ce` (elastic, cifar100): final output -2.00 points, exits' mean +1.50 points"
-                     " — helped the final output",
+                     " — no per-image test (predictions.csv missing)",
                      "`am-refinery` vs `ce` (elastic, cifar100): final output +1.00 points, exits' mean -1.50 points"
-                     " — helped the exits"]
+                     " — no per-image test (predictions.csv missing)"]
+    rng = np.random.default_rng(0)
+    ce = (rng.random((1, 400)) < 0.5).astype(float)
+    better = ce.copy()
+    better[0, np.flatnonzero(ce[0])[:60]] = 0  # 60 of ce's errors corrected, nothing else changed
+    paired = {("ce", "elastic", "cifar100"): {"final": ce, "exits": ce}, ("am", "elastic", "cifar100"):
+              {"final": better, "exits": ce}, ("am-refinery", "elastic", "cifar100"): {"final": ce, "exits": ce}}
+    lines = aggregate_cases.effects(table, "ce", paired)
+    assert "final output -2.00 points [95% paired bootstrap -18." in lines[0] and lines[0].endswith("helped the final output")
+    assert lines[1].endswith("no difference resolved") and "[95% paired bootstrap +0.00, +0.00]" in lines[1]
     wide = aggregate_cases.per_output_table(_table())
     assert list(wide.columns) == ["case", "variant", "dataset", "exit01", "exit02", "final"]
