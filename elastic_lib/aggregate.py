@@ -339,6 +339,15 @@ CASES_CAPTION = ("Errors: the best-val_loss checkpoint tested once on the test s
                  "(16-bit) / 36.5 M + (mults/2 + adds) / 10.49 G (MicroNet Challenge 2019, CIFAR-100).\n")
 
 
+def _save_figures(figs: dict, fig_dir: str) -> list[str]:
+    """Every figure as ``<fig_dir>/<name>`` (PNG + SVG), closed after saving; the files written."""
+    paths = []
+    for name, fig in figs.items():
+        paths += plots.save(fig, os.path.join(fig_dir, name))
+        plots.plt.close(fig)
+    return paths
+
+
 def _write_cases(profile: str, profile_dir: str, out_dir: str, fig_dir: str, cases: dict) -> dict:
     warn = stale_caption(profile_dir, profile)
     text = (warn + "\n" if warn else "") + caption(profile, profile_dir, paper_layout=False) + CASES_CAPTION
@@ -354,10 +363,7 @@ def _write_cases(profile: str, profile_dir: str, out_dir: str, fig_dir: str, cas
             base = summary[(summary["case"] == case) & (summary["variant"] == "baseline")]
             fig = figs[f"error_vs_depth_{ds}_{case}"] = plots.depth_curves(group, base, ds)
             fig.axes[0].set_title(f"{fig.axes[0].get_title()} (case {case})".strip())
-    written["figures"] = []
-    for name, fig in figs.items():
-        written["figures"] += plots.save(fig, os.path.join(fig_dir, name))
-        plots.plt.close(fig)
+    written["figures"] = _save_figures(figs, fig_dir)
     return written
 
 
@@ -398,10 +404,7 @@ def write_all(profile: str, results_root: str | None = None, tables_dir: str | N
         raw = results.collect(profile_dir, "same_depth.csv")
         for ds in sorted(raw["dataset"].unique()):
             figs[f"same_depth_error_vs_kernel_macs_{ds}"] = plots.same_depth_curve(exits, summary, raw, ds)
-    written["figures"] = []
-    for name, fig in figs.items():
-        written["figures"] += plots.save(fig, os.path.join(fig_dir, name))
-        plots.plt.close(fig)
+    written["figures"] = _save_figures(figs, fig_dir)
     return written
 
 
