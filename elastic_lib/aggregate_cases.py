@@ -86,19 +86,19 @@ def per_image_errors(profile_dir: str, exits: pd.DataFrame) -> dict[tuple, dict]
     return out
 
 
-def _difference(errors: dict | None, ref: dict | None, part: str) -> str:
-    """The 95% paired bootstrap interval over test images of a - b, and whether it excludes 0."""
+def _interval(errors: dict | None, ref: dict | None, part: str) -> tuple[float, float] | None:
+    """The 95% paired bootstrap interval over test images of a - b (None: no paired errors)."""
     if not errors or not ref or errors[part] is None or ref[part] is None or errors[part].shape != ref[part].shape:
-        return ""
-    lo, hi = stats.paired_bootstrap(errors[part], ref[part])
-    return f" [95% paired bootstrap {lo:+.2f}, {hi:+.2f}]"
+        return None
+    return stats.paired_bootstrap(errors[part], ref[part])
 
 
 def effects(table: pd.DataFrame, reference: str, paired: dict | None = None) -> list[str]:
     """Each case against ``reference`` of the same variant and dataset: the change of the final
     output's top-1 error and of the exits' mean, in points, with a 95% paired bootstrap interval
     over the test images where ``paired`` (``per_image_errors``) has both runs; a case "helped"
-    only where that interval lies below 0 (without intervals nothing is claimed)."""
+    where that interval lies below 0, "hurt" where it lies above 0 (without intervals nothing is
+    claimed)."""
     lines, paired = [], paired or {}
     ref = table[table["case"] == reference].set_index(["variant", "dataset"])
     for _, r in table[table["case"] != reference].iterrows():
@@ -108,16 +108,18 @@ def effects(table: pd.DataFrame, reference: str, paired: dict | None = None) -> 
         mine, theirs = paired.get((r["case"], *key)), paired.get((reference, *key))
         parts = [("final output", "top-1 err (%)", "final", "the final output"),
                  ("exits' mean", "exits' mean top-1 err (%)", "exits", "the exits")]
-        text, helped = [], []
+        text, verdicts = [], {"helped": [], "hurt": []}
         for label, col, part, who in parts:
             if pd.isna(r[col]):
                 continue
-            ci = _difference(mine, theirs, part)
-            text.append(f"{label} {r[col] - ref.loc[key, col]:+.2f} points{ci}")
-            if ci and float(ci.split(",")[1].strip(" ]")) < 0:
-                helped.append(who)
-        verdict = f"helped {' and '.join(helped)}" if helped else ("no difference resolved" if mine and theirs
-                                                                  else "no per-image test (predictions.csv missing)")
+            ci = _interval(mine, theirs, part)
+            text.append(f"{label} {r[col] - ref.loc[key, col]:+.2f} points"
+                        + (f" [95% paired bootstrap {ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else ""))
+            if ci and (ci[1] < 0 or ci[0] > 0):
+                verdicts["helped" if ci[1] < 0 else "hurt"].append(who)
+        said = [f"{v} {' and '.join(who)}" for v, who in verdicts.items() if who]
+        verdict = "; ".join(said) if said else ("no difference resolved" if mine and theirs
+                                                else "no per-image test (predictions.csv missing)")
         lines.append(f"`{r['case']}` vs `{reference}` ({r['variant']}, {r['dataset']}): {', '.join(text)} — {verdict}")
     return lines
 
@@ -138,7 +140,7 @@ def write_case_tables(profile: str, profile_dir: str, out_dir: str, cases: dict,
     effect_lines = "".join(f"- {line}\n" for line in effects(table, next(iter(cases)), paired))
     md = (header + _markdown(table, ".4g") + "\n\n" + f"Cases: {pinned}.\n\n" + caption
           + "\nEach case against the first, per variant (a 95% paired bootstrap interval over the test images, "
-            "seed-averaged; a case helped only where it lies below 0):\n"
+            "seed-averaged; a case helped where it lies below 0, hurt where it lies above 0):\n"
           + effect_lines)
     written = {"cases_csv": results.write_csv(out_dir, "table_cases.csv", table),
                "cases_per_output_csv": results.write_csv(out_dir, "table_cases_per_output.csv", per_output)}
