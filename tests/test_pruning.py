@@ -200,6 +200,7 @@ def test_pruning_profile_end_to_end_through_the_driver(tmp_path):
     assert load_profile("pruning").study["parameters"] == spec["study"].get("parameters", {})
     spec["defaults"] |= dict(dataset="digits", limit_per_class=12, test_limit_per_class=6, phase1_epochs=1,
                              phase2_epochs=1, latency_repeats=0, data_dir="")
+    spec["overrides"] = {k.replace("__cifar10__", "__digits__"): v for k, v in (spec.get("overrides") or {}).items()}
     spec["study"]["parameters"] = dict(layers=["block4_conv2"], ratios=[1.0, 2.0], schedules=["x2"],
                                        sample_images=24, points_per_image=4, joint_epochs=1, fine_tune_epochs=1)
     prof = tmp_path / "prune.yaml"
