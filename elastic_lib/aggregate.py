@@ -351,9 +351,10 @@ def _save_figures(figs: dict, fig_dir: str) -> list[str]:
 def _write_cases(profile: str, profile_dir: str, out_dir: str, fig_dir: str, cases: dict) -> dict:
     warn = stale_caption(profile_dir, profile)
     text = (warn + "\n" if warn else "") + caption(profile, profile_dir, paper_layout=False) + CASES_CAPTION
-    written = aggregate_cases.write_case_tables(profile, profile_dir, out_dir, cases, text + machine_caption(profile_dir))
-    written["markdown"] = written["table_cases.md"]
     exits = aggregate_cases.with_case(results.collect(profile_dir, "exits.csv"), cases)
+    written = aggregate_cases.write_case_tables(profile, profile_dir, out_dir, cases, text + machine_caption(profile_dir),
+                                                exits)
+    written["markdown"] = written["table_cases.md"]
     summary = aggregate_cases.with_case(results.collect(profile_dir, "summary.csv"), cases)
     history = aggregate_cases.with_case(results.collect(profile_dir, "history.csv"), cases)
     history["variant"] = history["variant"] + " · " + history["case"].astype(str)  # one line per case, never pooled

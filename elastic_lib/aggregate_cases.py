@@ -129,9 +129,10 @@ def _markdown(df: pd.DataFrame, floatfmt: str) -> str:
     return df.astype(object).where(df.notna(), None).to_markdown(index=False, floatfmt=floatfmt, missingval="—")
 
 
-def write_case_tables(profile: str, profile_dir: str, out_dir: str, cases: dict, caption: str) -> dict:
-    """``table_cases.md`` / ``.csv`` and ``table_cases_per_output.md`` / ``.csv`` (see module doc)."""
-    exits = with_case(results.collect(profile_dir, "exits.csv"), cases)
+def write_case_tables(profile: str, profile_dir: str, out_dir: str, cases: dict, caption: str,
+                      exits: pd.DataFrame) -> dict:
+    """``table_cases.md`` / ``.csv`` and ``table_cases_per_output.md`` / ``.csv`` (see module doc)
+    from the profile's ``exits.csv`` rows with their case (``with_case``)."""
     table, per_output = final_table(exits), per_output_table(exits)
     pinned = "; ".join(f"`{c}`: " + (", ".join(f"{k}={v}" for k, v in p.items()) or "the defaults")
                        for c, p in cases.items())

@@ -59,7 +59,7 @@ def test_effects_against_the_first_case_per_variant():
     lines = aggregate_cases.effects(table, "ce", paired)
     assert "final output -2.00 points [95% paired bootstrap -18." in lines[0] and lines[0].endswith("helped the final output")
     assert lines[1].endswith("no difference resolved") and "[95% paired bootstrap +0.00, +0.00]" in lines[1]
-    paired[("am-refinery", "elastic", "cifar100")] = {"final": better, "exits": 1 - better * 0}  # exits: all wrong
+    paired[("am-refinery", "elastic", "cifar100")] = {"final": better, "exits": np.ones_like(ce)}  # exits: all wrong
     lines = aggregate_cases.effects(table, "ce", paired)
     assert lines[1].endswith("— helped the final output; hurt the exits")
     wide = aggregate_cases.per_output_table(_table())
