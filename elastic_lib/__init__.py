@@ -12,11 +12,12 @@ __all__ = ["build_elastic_model", "exit_taps", "get_backbone", "list_backbones",
 
 def setup_environment() -> None:
     """The one environment setup (before TensorFlow is imported anywhere): quiet logs and
-    TensorFlow's own oneDNN graph rewrites off, Keras on TensorFlow unless told otherwise.
-    (``scripts/env.sh`` exports the same for the shell.) Existing settings are kept."""
+    TensorFlow's own oneDNN graph rewrites off, Keras on ``ELASTIC_BACKEND`` (default TensorFlow)
+    unless ``KERAS_BACKEND`` says otherwise. (``scripts/env.sh`` exports the same for the shell.)
+    Existing settings are kept."""
     _os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    _os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    _os.environ.setdefault("KERAS_BACKEND", _os.environ.get("ELASTIC_BACKEND", "tensorflow"))
     _logging.getLogger("tensorflow").setLevel(_logging.ERROR)  # retracing chatter breaks nbval comparisons
 
 

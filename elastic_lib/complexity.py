@@ -222,7 +222,11 @@ def complexity_frame(model: keras.Model) -> pd.DataFrame:
 
 
 def profiler_flops(model: keras.Model) -> int:
-    """TensorFlow's own count (tf.compat.v1.profiler float_operation) for one batch-1 inference."""
+    """TensorFlow's own count (tf.compat.v1.profiler float_operation) for one batch-1 inference
+    (the independent check of ``complexity_frame``'s counts, which need no backend)."""
+    from .backend import require_tensorflow
+
+    require_tensorflow("the tf.profiler FLOPs count")
     import tensorflow as tf
 
     spec = tf.TensorSpec([1, *model.inputs[0].shape[1:]], tf.float32)

@@ -47,9 +47,10 @@ PREPROCESS = ("native", "inception")
 FROZEN_BN = ("inference", "batch_stats")
 PRECISIONS = ("float32", "mixed_float16")
 STRATEGIES = ("default", "mirrored")
+INPUT_PIPELINES = ("auto", "tf_data", "pydataset")  # elastic_lib.loader.PIPELINES
 CHOICES = {"dataset": DATASETS, "label_mode": LABEL_MODES, "variant": VARIANTS, "final_head": FINAL_HEADS,
            "head": HEADS, "loss_weights": LOSS_WEIGHT_SCHEMES, "exit_criterion": CRITERIA, "strategy": STRATEGIES,
-           "preprocess": PREPROCESS, "frozen_bn": FROZEN_BN, "precision": PRECISIONS}  # enumerated parameters
+           "input_pipeline": INPUT_PIPELINES, "preprocess": PREPROCESS, "frozen_bn": FROZEN_BN, "precision": PRECISIONS}  # enumerated parameters
 PROFILE_KEYS = {"description", "base", "requires_gpu", "defaults", "grid", "overrides", "study", "cases"}
 STUDY_KEYS = {"notebook", "parameters"}  # a study notebook run once after the profile's runs
 GRID_KEYS = {"backbone", "dataset", "variant", "seed", "label_mode", "image_size", "loss_weights", "exits",
@@ -147,7 +148,9 @@ class RunConfig:
                        plumbing=True)
     weights_dir: str = _p("", "folder of downloaded no-top ImageNet weights files "
                           "(offline nodes; fill it with python -m elastic_lib.weights download)", plumbing=True)
-    strategy: str = _p("default", "default | mirrored (tf.distribute, multi-GPU)", plumbing=True)
+    strategy: str = _p("default", "default | mirrored (tf.distribute, multi-GPU; TensorFlow only)", plumbing=True)
+    input_pipeline: str = _p("auto", "auto (tf.data on TensorFlow, else pydataset) | tf_data | pydataset: same batches",
+                             plumbing=True)
     output_dir: str = _p("", "run directory (empty: $ELASTIC_INTERACTIVE_DIR or results/interactive, /<run id>)",
                          plumbing=True)
     write_done: bool = _p(True, "run_all.sh sets False and writes DONE itself, after saving this notebook",
@@ -205,7 +208,20 @@ class RunConfig:
         if self.batch_size < 1 or self.learning_rate <= 0 or self.phase2_learning_rate <= 0:
             raise ConfigError("batch_size must be >= 1 and learning rates > 0")
         self._validate_tricks()
+        self._validate_backend()
         return self
+
+    def _validate_backend(self) -> None:
+        """TensorFlow-only options refused early on another Keras backend (``elastic_lib.backend``)."""
+        from .backend import BackendError, require_tensorflow
+
+        try:
+            if self.strategy != "default":
+                require_tensorflow(f"strategy={self.strategy!r} (tf.distribute)")
+            if self.input_pipeline == "tf_data":
+                require_tensorflow("input_pipeline='tf_data'")
+        except BackendError as err:
+            raise ConfigError(str(err)) from None
 
     def _validate_tricks(self) -> None:
         """The MicroNet options (head, refinery, self-distillation) and the backbone options."""

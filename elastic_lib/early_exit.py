@@ -13,6 +13,7 @@ import keras
 import numpy as np
 import pandas as pd
 
+from . import backend
 from .config import CRITERIA
 from .exits import exit_taps, output_names
 
@@ -150,6 +151,7 @@ def nearest_exit_to_depth(costs: pd.DataFrame, depth: int) -> pd.Series:
 def tf_confidence(p, criterion: str, axis=None):
     """The policy's confidence of probabilities ``p`` (traced TensorFlow): the max probability, or
     the negative entropy; over all of ``p`` (one image) or along ``axis`` (one value per row)."""
+    backend.require_tensorflow("tf_confidence (traced TensorFlow; confidence() is the NumPy one)")
     import tensorflow as tf
 
     if criterion == "max_prob":
@@ -162,6 +164,7 @@ def export(model, path: str, criterion: str = "max_prob") -> str:
     """A SavedModel of the batched early exit at ``path``: its ``serve(images, threshold)`` returns
     each image's probabilities and exit index (``elastic_lib.serving.export``, which also has the
     TensorFlow Lite conversion of every exit)."""
+    backend.require_tensorflow("SavedModel export")
     from .serving import export as export_saved_model
 
     return export_saved_model(model, path, criterion)
@@ -173,8 +176,6 @@ class StagedModel:
     (true for every registry default)."""
 
     def __init__(self, model: keras.Model, criterion: str = "max_prob"):
-        import tensorflow as tf
-
         _check_criterion(criterion)
         taps = exit_taps(model)[:-1]
         outs = output_names(model)
@@ -190,11 +191,18 @@ class StagedModel:
         except ValueError as err:
             raise ValueError(f"taps {taps} are not all cut points of the graph (a skip connection crosses "
                              f"one), so the model cannot be run stage by stage: {err}") from err
-        shape = [1, *model.inputs[0].shape[1:]]
-        spec = tf.TensorSpec(shape, tf.float32)
+        self._fixed = {}
+        self.graph = backend.name() == "tensorflow"  # the tf.cond forward; elsewhere the host decides
+        if not self.graph:
+            self._full = backend.compiled_forward(keras.Model(model.inputs[0], model.outputs[-1]))
+            self._stages = [(backend.compiled_forward(s), backend.compiled_forward(h))
+                            for s, h in zip(self.segments, self.heads)] + [(backend.compiled_forward(self.tail), None)]
+            return
+        import tensorflow as tf
+
+        spec = tf.TensorSpec([1, *model.inputs[0].shape[1:]], tf.float32)
         self._dynamic = tf.function(self._dynamic_graph, input_signature=[spec, tf.TensorSpec([], tf.float32)])
         self._full = tf.function(lambda x: model(x, training=False)[-1], input_signature=[spec])
-        self._fixed = {}
         self._spec = spec
 
     def _confidence(self, p):
@@ -214,18 +222,36 @@ class StagedModel:
         return stage(0, x)
 
     def predict_dynamic(self, x, threshold: float):
-        """(exit index, probabilities) for one image (batch of 1); index n_exits = final."""
+        """(exit index, probabilities) for one image (batch of 1); index n_exits = final. On
+        TensorFlow one compiled graph with nested ``tf.cond``; on another backend each segment and
+        head is compiled on its own and the host compares the confidence with the threshold."""
+        if not self.graph:
+            return self._predict_on_host(np.asarray(x, np.float32), threshold)
         import tensorflow as tf
 
         i, p = self._dynamic(tf.convert_to_tensor(x, tf.float32), tf.constant(
             threshold_to_confidence(threshold, self.criterion), tf.float32))
         return int(i), p.numpy()
 
+    def _predict_on_host(self, x, threshold: float):
+        h = x
+        for i, (segment, head) in enumerate(self._stages):
+            h = segment(h)
+            if head is None:
+                return i, to_numpy(h)
+            p = to_numpy(head(h))
+            if confidence(p[0], self.criterion) >= threshold_to_confidence(threshold, self.criterion):
+                return i, p
+        raise AssertionError("unreachable: the tail always answers")
+
     def fixed(self, k: int):
         """Compiled function computing only output ``k`` (0-based; n_exits = final)."""
-        import tensorflow as tf
-
+        if not self.graph and k not in self._fixed:
+            out = self.model.get_layer(output_names(self.model)[k]).output
+            self._fixed[k] = backend.compiled_forward(keras.Model(self.model.inputs[0], out))
         if k not in self._fixed:
+            import tensorflow as tf
+
             def fn(x):
                 h = x
                 for seg in self.segments[:min(k, self.n_exits - 1) + 1]:
@@ -238,14 +264,21 @@ class StagedModel:
         return self._full(x)
 
 
+def to_numpy(out):
+    """A backend's result (one tensor or a list) as NumPy: waits for the device to finish."""
+    if isinstance(out, (list, tuple)):
+        return [to_numpy(o) for o in out]
+    return np.asarray(keras.ops.convert_to_numpy(out))
+
+
 def time_call(fn, x, warmup: int = 3, repeats: int = 20) -> tuple[float, float]:
     """Mean and std latency (ms) of ``fn(x)`` after warm-up, synchronising on the result."""
     for _ in range(warmup):
-        np.asarray(fn(x))
+        to_numpy(fn(x))
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        np.asarray(fn(x))
+        to_numpy(fn(x))
         times.append((time.perf_counter() - t0) * 1e3)
     return float(np.mean(times)), float(np.std(times))
 
@@ -273,9 +306,11 @@ def dynamic_latency(staged: StagedModel, images: np.ndarray, threshold: float, c
     """Mean per-image latency of the real dynamic policy vs. computing the final output alone,
     over ``images`` (each fed as a batch of one), with the measured speed-up next to the FLOPs ratio."""
     final = staged.fixed(staged.n_exits)
+    never = np.inf if staged.criterion == "max_prob" else -np.inf  # no exit passes: every stage runs (and compiles)
     for _ in range(warmup):
+        staged.predict_dynamic(images[:1], never)
         staged.predict_dynamic(images[:1], threshold)
-        np.asarray(final(images[:1]))
+        to_numpy(final(images[:1]))
     dyn, full, exits = [], [], []
     for img in images:
         x = img[None]
@@ -283,7 +318,7 @@ def dynamic_latency(staged: StagedModel, images: np.ndarray, threshold: float, c
         i, _ = staged.predict_dynamic(x, threshold)
         dyn.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        np.asarray(final(x))
+        to_numpy(final(x))
         full.append(time.perf_counter() - t0)
         exits.append(i)
     exits = np.asarray(exits)
@@ -302,10 +337,8 @@ def latency_report(model: keras.Model, x_one: np.ndarray, images: np.ndarray, co
     """The run's latency table: batch-1 latency of every output computed alone through the
     staged forward and of the whole model in one call, then the dynamic policy at ``threshold``
     over ``images``; a model without exits gets its final output only."""
-    import tensorflow as tf
-
     if len(model.outputs) < 2:
-        ms, sd = time_call(tf.function(lambda t: model(t, training=False)), x_one, repeats=repeats)
+        ms, sd = time_call(backend.compiled_forward(model), x_one, repeats=repeats)
         return pd.DataFrame([{"output": "final", "latency_ms": ms, "latency_std_ms": sd, "speedup_vs_final": 1.0,
                               "flops_ratio_vs_final": 1.0}])
     staged = StagedModel(model, criterion)

@@ -18,10 +18,11 @@ import time
 import numpy as np
 import pandas as pd
 
-from . import complexity, early_exit, metrics, protocols, provenance, results
+from . import backend, complexity, early_exit, metrics, protocols, provenance, results
 from .backbones import get_backbone
 from .config import RunConfig
-from .data import load_dataset, make_pipeline
+from .data import EpochPlan, augment_pad, load_dataset, num_batches
+from .loader import first_images, make_input
 from .exits import build_elastic_model, exit_taps, short_output_names
 from .reproducibility import set_determinism
 from .training import committed_state, fit_two_phase, set_bn_momentum
@@ -115,7 +116,10 @@ class Experiment:
         return "\n".join(lines)
 
     def strategy(self):
-        """The tf.distribute strategy, created once (Keras refuses to mix strategy objects)."""
+        """The tf.distribute strategy, created once (Keras refuses to mix strategy objects); None on
+        another backend (where ``strategy='mirrored'`` is refused by ``RunConfig.validate``)."""
+        if backend.name() != "tensorflow":
+            return None
         import tensorflow as tf
 
         if self._strategy is None:
@@ -132,7 +136,8 @@ class Experiment:
     def build_model(self):
         self._require("build_model", "splits")
         c = self.cfg
-        with self.strategy().scope():
+        strategy = self.strategy()
+        with strategy.scope() if strategy is not None else contextlib.nullcontext():
             self.model = self._build(c.weights_arg)
         set_bn_momentum(self.model, c.bn_momentum)
         self.costs = complexity.complexity_frame(self.model)
@@ -159,14 +164,23 @@ class Experiment:
         (inception: scale to [-1, 1], what the original code did)."""
         return get_backbone("inception_v3" if self.cfg.preprocess == "inception" else self.cfg.backbone).preprocess
 
-    def pipeline(self, split: str, shuffle: bool = False):
+    def pipeline(self, split: str, shuffle: bool = False, phase: int = 1, first_epoch: int = 0, epochs: int = 1):
+        """The input of ``split`` (``input_pipeline``: tf.data or ``loader.ArrayBatches``, the same
+        batches): unshuffled by default; shuffled (and augmented, with ``augment``) in the order of
+        ``EpochPlan(seed, phase)`` for epochs ``first_epoch ..``, as one stream."""
         self._require("pipeline", "splits", "model")
         c, s = self.cfg, self.splits
         x, y = getattr(s, f"x_{split}"), getattr(s, f"y_{split}")
         if c.refinery_run:  # soft targets to train on, one-hot labels to select and report on
             y = self.refinery_targets if split == "train" else np.eye(s.num_classes, dtype=np.float32)[y]
-        return make_pipeline(x, y, c.image_size, self.preprocess, c.batch_size,
-                             len(self.model.outputs), shuffle=shuffle, seed=c.seed, augment=c.augment and shuffle)
+        plan = EpochPlan(len(x), c.seed, phase, shuffle, augment_pad(c.image_size) if c.augment and shuffle else 0)
+        return make_input(c.input_pipeline, x, y, c.image_size, self.preprocess, c.batch_size, len(self.model.outputs),
+                          plan, epochs, first_epoch)
+
+    def train_input(self, phase: int, first_epoch: int, epochs: int):
+        """``fit_two_phase``'s training stream: (epochs ``first_epoch ..`` of ``phase``, steps per epoch)."""
+        return (self.pipeline("train", True, phase, first_epoch, epochs),
+                num_batches(len(self.splits.y_train), self.cfg.batch_size))
 
     @property
     def refinery_targets(self) -> np.ndarray:
@@ -196,7 +210,7 @@ class Experiment:
         t0 = time.perf_counter()
         if not os.path.isdir(self.state_dir):  # train() without setup(), e.g. from a script
             self._keep_or_drop_resume_state()
-        self.history = fit_two_phase(self.training_model, self.pipeline("train", shuffle=True), self.pipeline("val"), self.cfg,
+        self.history = fit_two_phase(self.training_model, self.train_input, self.pipeline("val"), self.cfg,
                                      strategy=self.strategy() if self.cfg.strategy != "default" else None,
                                      verbose=verbose, state_dir=self.state_dir, test_ds=self.pipeline("test"),
                                      progress=os.path.join(self.run_dir, PROGRESS))
@@ -282,8 +296,7 @@ class Experiment:
             self.latency_df = pd.DataFrame(columns=["output", "latency_ms", "latency_std_ms", "speedup_vs_final",
                                                     "flops_ratio_vs_final"])
         else:
-            n_batches = -(-c.latency_images // c.batch_size)
-            images = np.concatenate([b[0].numpy() for b in self.pipeline("test").take(n_batches)])
+            images = first_images(self.pipeline("test"), c.latency_images)
             threshold = self.policies["selected"].get(c.exit_criterion)
             self.latency_df = early_exit.latency_report(self.model, images[:1], images[:c.latency_images], self.costs,
                                                         c.exit_criterion, threshold, c.latency_repeats)

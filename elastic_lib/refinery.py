@@ -36,8 +36,8 @@ def refinery_targets(refinery_run: str, cfg, images: np.ndarray, num_classes: in
                      batch_size: int = 256) -> np.ndarray:
     """Soft targets [N, classes] for ``images`` (raw uint8, as the data loader returns them): the
     refinery run's ``output`` (``final`` or ``exitNN``), each model preprocessing as it was trained."""
-    from .data import make_pipeline
     from .experiment import Experiment
+    from .loader import make_input
     from .exits import short_output_names
 
     check_refinery(refinery_run, cfg, num_classes)
@@ -49,8 +49,8 @@ def refinery_targets(refinery_run: str, cfg, images: np.ndarray, num_classes: in
     if teacher.splits.num_classes != num_classes:
         raise ConfigError(f"refinery_run {repo_relative(refinery_run)} has {teacher.splits.num_classes} classes, "
                           f"this run {num_classes}")
-    ds = make_pipeline(images, np.zeros(len(images), int), teacher.cfg.image_size, teacher.preprocess, batch_size,
-                       len(teacher.model.outputs))
-    probs = teacher.model.predict(ds.map(lambda x, y: x), verbose=0)
+    ds = make_input(cfg.input_pipeline, images, np.zeros(len(images), int), teacher.cfg.image_size,
+                    teacher.preprocess, batch_size, len(teacher.model.outputs))
+    probs = teacher.model.predict(ds, verbose=0)  # predict reads the images and ignores the labels
     probs = probs if isinstance(probs, list) else [probs]
     return np.asarray(probs[names.index(output)], np.float32)

@@ -84,12 +84,14 @@ def write_csv(run_dir: str, name: str, df: pd.DataFrame, sort_by: list[str] | No
 
 
 def environment_info() -> dict:
+    """Versions of what ran (the Keras backend and its version included) and the git state."""
     import keras
     import numpy
-    import tensorflow as tf
 
-    return {"python": platform.python_version(), "tensorflow": tf.__version__, "keras": keras.__version__,
-            "numpy": numpy.__version__, "pandas": pd.__version__, **git_state()}
+    from . import backend
+
+    return {"python": platform.python_version(), "keras_backend": backend.name(), "backend_version": backend.version(),
+            "keras": keras.__version__, "numpy": numpy.__version__, "pandas": pd.__version__, **git_state()}
 
 
 def git_state() -> dict:

@@ -19,6 +19,7 @@ import os
 
 import numpy as np
 
+from . import backend
 from .early_exit import StagedModel, _check_criterion, threshold_to_confidence, tf_confidence
 from .exits import short_output_names
 
@@ -63,6 +64,7 @@ class BatchedEarlyExit:
     entropy <= t); returns numpy (probabilities, exit index)."""
 
     def __init__(self, model, criterion: str = "max_prob"):
+        backend.require_tensorflow("BatchedEarlyExit (tf.cond on row subsets)")
         import tensorflow as tf
 
         self.staged = StagedModel(model, criterion)
@@ -83,6 +85,7 @@ def export(model, path: str, criterion: str = "max_prob") -> str:
     returns {"probabilities": [B, C], "exit_index": [B] int32} of the batched early exit;
     ``threshold`` in the policy's units (see ``BatchedEarlyExit``). Images preprocessed as the
     model was trained."""
+    backend.require_tensorflow("SavedModel export")
     import keras
     import tensorflow as tf
 
@@ -106,6 +109,7 @@ def export(model, path: str, criterion: str = "max_prob") -> str:
 def export_tflite(model, folder: str) -> dict[str, str]:
     """Each output computed alone (its staged prefix + head) as ``<folder>/<output>.tflite``,
     batch 1; {output name: path}."""
+    backend.require_tensorflow("TensorFlow Lite export")
     import tensorflow as tf
 
     staged = StagedModel(model)
@@ -123,6 +127,7 @@ def export_tflite(model, folder: str) -> dict[str, str]:
 
 def tflite_predict(path: str, x: np.ndarray) -> np.ndarray:
     """Run a converted output on a batch of one (XNNPACK delegate by default)."""
+    backend.require_tensorflow("the TensorFlow Lite interpreter")
     import tensorflow as tf
 
     interp = tf.lite.Interpreter(model_path=path)
@@ -170,6 +175,7 @@ class TFLiteCascade:
     reference a speed-up is measured against in the same runtime."""
 
     def __init__(self, model, criterion: str = "max_prob", threads: int | None = None):
+        backend.require_tensorflow("TFLiteCascade (TensorFlow Lite)")
         import tensorflow as tf
 
         staged = StagedModel(model, criterion)

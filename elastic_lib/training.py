@@ -297,6 +297,10 @@ def fit_two_phase(model: keras.Model, train_ds, val_ds, cfg: RunConfig, strategy
     loss and accuracy column per output (``exit01_accuracy``, ``val_final_loss``, ...).
     After each phase the best-``val_loss`` weights are restored.
 
+    train_ds: a dataset Keras iterates every epoch, or (what experiments pass) a callable
+    ``(phase, first_epoch, epochs) -> (stream, steps_per_epoch)`` giving that phase's epochs as one
+    stream (``loader.make_input`` with a ``data.EpochPlan``): its order is then a function of the
+    seed, phase and epoch alone, on every backend and across a resume.
     state_dir: checkpoint every epoch there and resume from it (a finished phase is kept as
     ``phaseN.weights.h5`` + ``phaseN_history.csv`` and not redone). test_ds: the paper
     protocol's per-epoch test evaluation of every output in phase 2 (``test_*`` columns).
@@ -346,8 +350,12 @@ def _fit_phase(model, train_ds, val_ds, cfg, phase, epochs, lr, start, verbose, 
     if state_dir:
         resume = ResumeState(os.path.join(state_dir, f"phase{phase}"), phase, epochs, es, rlr, progress)
         callbacks.append(resume)
+    steps = None
+    if callable(train_ds):  # a stream of this phase's remaining epochs, from where a resume starts
+        first = (resume.read_state() or {}).get("epoch", 0) if resume is not None else 0
+        train_ds, steps = train_ds(phase, first, epochs - first)
     hist = model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks, verbose=verbose,
-                     shuffle=False)
+                     shuffle=False, steps_per_epoch=steps)
     logs = hist.history
     if resume is not None:  # the whole phase, epochs before an interruption included
         logs = pd.read_csv(resume.history_path).drop(columns="phase_epoch").to_dict("list")

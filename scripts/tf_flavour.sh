@@ -1,5 +1,6 @@
-# Which TensorFlow build this machine gets (sourced by scripts/env.sh; tests/test_setup.py runs it
-# with a fake nvidia-smi). No Python, no TensorFlow: it decides before anything is installed.
+# Which backend and which build (CPU or CUDA) this machine gets (sourced by scripts/env.sh;
+# tests/test_gpu_setup.py runs it with a fake nvidia-smi). No Python, no TensorFlow: it decides
+# before anything is installed. (The name is historical: it once chose TensorFlow's build only.)
 #   ELASTIC_TF=gpu|cpu   force a build
 #   otherwise            gpu when `nvidia-smi -L` lists a GPU, cpu else
 tf_flavour() {
@@ -15,15 +16,49 @@ tf_flavour() {
   fi
 }
 
-# requirements.txt with TensorFlow's line for FLAVOUR (cpu: tensorflow-cpu as pinned; gpu:
-# tensorflow[and-cuda] at the same version, which brings the CUDA and cuDNN wheels).
+# The Keras backend to install and run on: ELASTIC_BACKEND=tensorflow (default) | jax | torch.
+elastic_backend() {
+  case "${ELASTIC_BACKEND:-tensorflow}" in
+    tensorflow|jax|torch) echo "${ELASTIC_BACKEND:-tensorflow}" ;;
+    *) echo "ELASTIC_BACKEND=$ELASTIC_BACKEND: use tensorflow, jax or torch (or leave it unset: tensorflow)" >&2
+       return 2 ;;
+  esac
+}
+
+# Pins of the other backends (TensorFlow's is in requirements.txt; environment.yml shows all three).
+JAX_VERSION=0.10.2
+TORCH_VERSION=2.13.0
+
+# requirements.txt with the backend's line for FLAVOUR and BACKEND (default tensorflow).
+#   tensorflow: tensorflow-cpu as pinned (cpu) or tensorflow[and-cuda] at the same version (gpu),
+#               which brings the CUDA and cuDNN wheels
+#   jax:        jax (cpu) or jax[cuda12] (gpu), instead of TensorFlow
+#   torch:      torch's CPU build from PyTorch's CPU index (cpu) or PyPI's CUDA build (gpu)
 requirements_for() {
   local root; root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-  if [ "$1" = gpu ]; then
-    sed -E 's/^tensorflow-cpu==/tensorflow[and-cuda]==/' "$root/requirements.txt"
-  else
-    cat "$root/requirements.txt"
-  fi
+  case "${2:-tensorflow}" in
+    tensorflow)
+      if [ "$1" = gpu ]; then
+        sed -E 's/^tensorflow-cpu==/tensorflow[and-cuda]==/' "$root/requirements.txt"
+      else
+        cat "$root/requirements.txt"
+      fi ;;
+    jax)
+      sed -E "s/^tensorflow-cpu==.*/jax$([ "$1" = gpu ] && echo '[cuda12]')==$JAX_VERSION/" "$root/requirements.txt" ;;
+    torch)
+      if [ "$1" = gpu ]; then
+        sed -E "s/^tensorflow-cpu==.*/torch==$TORCH_VERSION/" "$root/requirements.txt"
+      else
+        echo "--extra-index-url https://download.pytorch.org/whl/cpu"
+        sed -E "s/^tensorflow-cpu==.*/torch==$TORCH_VERSION+cpu/" "$root/requirements.txt"
+      fi ;;
+  esac
+}
+
+# Where the backend's environment lives: .venv (TensorFlow, as ever), .venv-jax, .venv-torch.
+venv_for() {
+  local root; root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+  if [ "$1" = tensorflow ]; then echo "$root/.venv"; else echo "$root/.venv-$1"; fi
 }
 
 # An active conda env made from environment.yml (named "elastic", or any env when

@@ -1,0 +1,82 @@
+"""Which Keras 3 backend runs the compute plane, and the few things that differ between them.
+
+The workbook is written against Keras (``keras.ops``, layers, ``fit``); the backend is chosen by
+``KERAS_BACKEND`` (``ELASTIC_BACKEND`` for ``./run_all.sh`` and ``./run_tests.sh``, which install
+that backend), TensorFlow by default. What only TensorFlow has (the ``tf.data`` input path,
+SavedModel and TensorFlow Lite export, the ``tf.profiler`` FLOPs check, ``tf.distribute``, the
+``tf.cond`` staged forward) calls ``require_tensorflow`` first, so another backend gets a clear
+error that names the backend it needs. Importing this module imports no backend.
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import os
+
+BACKENDS = ("tensorflow", "jax", "torch")
+DEFAULT = "tensorflow"
+# the distributions that carry each backend's module (the first one installed is reported)
+_DISTRIBUTIONS = {"tensorflow": ("tensorflow", "tensorflow-cpu", "tensorflow-gpu"), "jax": ("jax",),
+                  "torch": ("torch",)}
+
+
+class BackendError(RuntimeError):
+    """A feature that the active Keras backend does not have; the message says which one does."""
+
+
+def name() -> str:
+    """The backend Keras runs on (``KERAS_BACKEND``, else TensorFlow), read without importing Keras."""
+    chosen = os.environ.get("KERAS_BACKEND", DEFAULT)
+    if chosen not in BACKENDS:
+        raise BackendError(f"KERAS_BACKEND={chosen!r} is not supported; use one of {', '.join(BACKENDS)}")
+    return chosen
+
+
+def version(backend: str | None = None) -> str:
+    """The installed version of ``backend``'s package (from its metadata: nothing is imported)."""
+    backend = backend or name()
+    for dist in _DISTRIBUTIONS[backend]:
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return "not installed"
+
+
+def label(backend: str | None = None) -> str:
+    """``"JAX 0.10.2"``: the backend and its version as captions print them."""
+    backend = backend or name()
+    pretty = {"tensorflow": "TensorFlow", "jax": "JAX", "torch": "PyTorch"}[backend]
+    return f"{pretty} {version(backend)}"
+
+
+def require_tensorflow(feature: str) -> None:
+    """Refuse ``feature`` (a TensorFlow-only step) early on another backend."""
+    current = name()
+    if current != "tensorflow":
+        raise BackendError(f"{feature} needs the TensorFlow backend (KERAS_BACKEND=tensorflow); this process runs "
+                           f"Keras on {current}. Run it with ELASTIC_BACKEND=tensorflow, or leave it out "
+                           "(its backend-neutral alternative is named in the docs of the function that raised this)")
+
+
+def compiled_forward(model):
+    """``x -> model(x, training=False)`` compiled by the backend (``tf.function``, ``jax.jit`` over
+    the model's stateless call, ``torch.no_grad`` eager): what latency measurements time."""
+    current = name()
+    if current == "tensorflow":
+        import tensorflow as tf
+
+        return tf.function(lambda x: model(x, training=False))
+    if current == "jax":
+        import jax
+
+        trainable = [v.value for v in model.trainable_variables]
+        frozen = [v.value for v in model.non_trainable_variables]
+        fn = jax.jit(lambda t, f, x: model.stateless_call(t, f, x, training=False)[0])
+        return lambda x: fn(trainable, frozen, x)
+    import torch
+
+    def forward(x):
+        with torch.no_grad():
+            return model(x, training=False)
+
+    return forward
