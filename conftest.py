@@ -30,6 +30,19 @@ def pytest_configure(config):
     config._elastic_git_before = _git_status()
 
 
+def pytest_collection_modifyitems(config, items):
+    """``requires_tensorflow`` tests (tf.data, tf.GradientTape, SavedModel, TFLite, tf.distribute)
+    skip when the session runs on another Keras backend (``./run_tests.sh`` runs the compute-plane
+    tests on JAX too)."""
+    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+    if backend == "tensorflow":
+        return
+    skip = pytest.mark.skip(reason=f"TensorFlow only; this session runs Keras on {backend}")
+    for item in items:
+        if "requires_tensorflow" in item.keywords:
+            item.add_marker(skip)
+
+
 def pytest_sessionfinish(session, exitstatus):
     before = getattr(session.config, "_elastic_git_before", None)
     after = _git_status()

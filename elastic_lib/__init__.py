@@ -18,6 +18,10 @@ def setup_environment() -> None:
     _os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     _os.environ.setdefault("KERAS_BACKEND", _os.environ.get("ELASTIC_BACKEND", "tensorflow"))
+    if _os.environ["KERAS_BACKEND"] == "jax" and "--xla_gpu_deterministic_ops" not in _os.environ.get("XLA_FLAGS", ""):
+        # JAX on a GPU: reproducible reductions (XLA on CPU is deterministic already)
+        _os.environ["XLA_FLAGS"] = (_os.environ.get("XLA_FLAGS", "") + " --xla_gpu_deterministic_ops=true").strip()
+    _os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # PyTorch deterministic cuBLAS
     _logging.getLogger("tensorflow").setLevel(_logging.ERROR)  # retracing chatter breaks nbval comparisons
 
 

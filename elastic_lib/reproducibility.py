@@ -149,6 +149,17 @@ def machine_info() -> dict:
             "devices": ", ".join(_device_name(tf, d) for d in tf.config.list_physical_devices()),
             "tensorflow_build": f"{tf.version.GIT_VERSION}, cuda={build.get('cuda_version', 'none')}, "
                                 f"cudnn={build.get('cudnn_version', 'none')}"})
+    elif os.environ.get("KERAS_BACKEND") == "jax":
+        import jax
+
+        info.update({"devices": ", ".join(f"{d.platform.upper()}:{d.id} ({d.device_kind})" for d in jax.devices()),
+                     "jax_build": f"jax {jax.__version__}, jaxlib {jax.lib.__version__}"})
+    elif os.environ.get("KERAS_BACKEND") == "torch":
+        import torch
+
+        gpus = [f"GPU:{i} ({torch.cuda.get_device_name(i)})" for i in range(torch.cuda.device_count())]
+        info.update({"devices": ", ".join(["CPU:0", *gpus]), "torch_threads": torch.get_num_threads(),
+                     "torch_build": f"torch {torch.__version__}, cuda={torch.version.cuda or 'none'}"})
     return info
 
 
@@ -179,6 +190,13 @@ def set_determinism(seed: int) -> dict:
 
         tf.config.experimental.enable_op_determinism()
         settings["tf_op_determinism"] = True
+    elif keras.backend.backend() == "torch":
+        import torch
+
+        torch.use_deterministic_algorithms(True)
+        settings["torch_deterministic_algorithms"] = True
+    else:  # JAX: XLA on CPU is deterministic; on GPU the flag set by setup_environment() makes it so
+        settings["xla_flags"] = os.environ.get("XLA_FLAGS", "")
     return settings
 
 

@@ -122,19 +122,33 @@ def compile_model(model: keras.Model, lr: float, cfg: RunConfig, metrics: str = 
 
 
 class DivergenceGuard(keras.callbacks.Callback):
-    """The one divergence check: stops training when the batch loss is NaN/inf or explodes,
-    above ``factor`` x the loss of an untrained network at chance (sum over outputs of
-    weight x ln(num_classes)); ``fit_two_phase`` then raises ``TrainingDiverged``."""
+    """The one divergence check: stops training when the batch loss is NaN/inf, explodes above
+    ``factor`` x the loss of an untrained network at chance (sum over outputs of weight x
+    ln(num_classes)), or saturates: above ``saturation`` x ``ceiling``, the most the clipped
+    cross-entropy can give (sum of weights x -ln(keras epsilon)), which is where a blown-up network
+    ends when its arithmetic does not overflow (JAX at a learning rate of 1e12 stays there, where
+    TensorFlow gives NaN). ``fit_two_phase`` then raises ``TrainingDiverged``."""
 
-    def __init__(self, chance_loss: float, factor: float = 1e4):
+    def __init__(self, chance_loss: float, factor: float = 1e4, ceiling: float | None = None,
+                 saturation: float = 0.8):
         super().__init__()
         self.limit = factor * max(chance_loss, 1.0)
+        self.saturated = saturation * ceiling if ceiling else np.inf
         self.reason = ""
 
+    def on_epoch_begin(self, epoch, logs=None):
+        self._mean = 0.0
+
     def on_train_batch_end(self, batch, logs=None):
-        loss = float((logs or {}).get("loss", 0.0))
-        if not np.isfinite(loss) or loss > self.limit:
-            self.reason = f"loss {loss:.4g} at batch {batch} (limit {self.limit:.4g})"
+        mean = float((logs or {}).get("loss", 0.0))  # Keras logs the epoch's running mean
+        loss = (batch + 1) * mean - batch * getattr(self, "_mean", 0.0)  # this batch's own loss (equal batches)
+        self._mean = mean
+        if not np.isfinite(mean) or mean > self.limit:
+            self.reason = f"loss {mean:.4g} at batch {batch} (limit {self.limit:.4g})"
+        elif loss > self.saturated:
+            self.reason = (f"loss {loss:.4g} at batch {batch}, near the clipped cross-entropy's ceiling: the outputs "
+                           "give the true classes a probability near zero")
+        if self.reason:
             self.model.stop_training = True
 
 
@@ -340,8 +354,9 @@ def fit_two_phase(model: keras.Model, train_ds, val_ds, cfg: RunConfig, strategy
 def _fit_phase(model, train_ds, val_ds, cfg, phase, epochs, lr, start, verbose, state_dir, test_ds,
                progress) -> pd.DataFrame:
     """One phase's ``fit`` with its callbacks; its history (resumed epochs included)."""
-    guard = DivergenceGuard(sum(loss_weights(len(model.outputs), cfg.loss_weights))
-                            * np.log(model.outputs[-1].shape[-1]))
+    weights = sum(loss_weights(len(model.outputs), cfg.loss_weights))
+    guard = DivergenceGuard(weights * np.log(model.outputs[-1].shape[-1]),
+                            ceiling=weights * -np.log(keras.config.epsilon()))
     rlr, es = _callbacks(cfg)
     callbacks = [rlr, es, guard]
     if test_ds is not None and phase == 2:

@@ -30,6 +30,7 @@ else
       other="$([ "$FLAVOUR" = gpu ] && echo tensorflow-cpu || echo tensorflow)"
       "$VENV/bin/python" -m pip uninstall -q -y "$other" >/dev/null 2>&1 || true
     fi
+    if [ "$BACKEND" = torch ] && [ "$FLAVOUR" = cpu ]; then install_torch_cpu "$VENV"; fi
     "$VENV/bin/python" -m pip install -q -r "$REQ" >&2
     rm -f "$REQ"
     "$VENV/bin/python" -m pip install -q --no-deps -e "$ROOT" >&2

@@ -33,7 +33,7 @@ TORCH_VERSION=2.13.0
 #   tensorflow: tensorflow-cpu as pinned (cpu) or tensorflow[and-cuda] at the same version (gpu),
 #               which brings the CUDA and cuDNN wheels
 #   jax:        jax (cpu) or jax[cuda12] (gpu), instead of TensorFlow
-#   torch:      torch's CPU build from PyTorch's CPU index (cpu) or PyPI's CUDA build (gpu)
+#   torch:      torch's CPU build (cpu; PyTorch's CPU index, see install_torch_cpu) or PyPI's CUDA build (gpu)
 requirements_for() {
   local root; root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
   case "${2:-tensorflow}" in
@@ -48,11 +48,17 @@ requirements_for() {
     torch)
       if [ "$1" = gpu ]; then
         sed -E "s/^tensorflow-cpu==.*/torch==$TORCH_VERSION/" "$root/requirements.txt"
-      else
-        echo "--extra-index-url https://download.pytorch.org/whl/cpu"
+      else  # the +cpu build is on PyTorch's CPU index: env.sh installs it from there first
         sed -E "s/^tensorflow-cpu==.*/torch==$TORCH_VERSION+cpu/" "$root/requirements.txt"
       fi ;;
   esac
+}
+
+# PyTorch's CPU build into venv $1: from pip's configured sources if they have it, else from
+# PyTorch's own CPU index (PyPI carries the CUDA build only, ~3 GB with its NVIDIA wheels).
+install_torch_cpu() {
+  "$1/bin/python" -m pip install -q "torch==$TORCH_VERSION+cpu" >/dev/null 2>&1 ||
+    "$1/bin/python" -m pip install -q --index-url https://download.pytorch.org/whl/cpu "torch==$TORCH_VERSION+cpu" >&2
 }
 
 # Where the backend's environment lives: .venv (TensorFlow, as ever), .venv-jax, .venv-torch.

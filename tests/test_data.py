@@ -13,7 +13,7 @@ import pytest
 
 from conftest import CIFAR_ARCHIVES
 from elastic_lib import data as D
-from elastic_lib.data import DatasetError, load_cifar_arrays, load_dataset, make_pipeline
+from elastic_lib.data import DatasetError, EpochPlan, load_cifar_arrays, load_dataset, make_pipeline
 
 CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 CIFAR100_COARSE = ["aquatic_mammals", "fish", "flowers", "food_containers", "fruit_and_vegetables",
@@ -202,7 +202,7 @@ def test_cifar_limit_per_class(shared_data):
     np.testing.assert_array_equal(np.bincount(s.y_test, minlength=10), np.full(10, 2))
 
 
-# ---------------------------------------------------------------- tf.data pipeline
+# ---------------------------------------------------------------- tf.data pipeline (the loader's equivalence: test_backends)
 def test_make_pipeline_shapes_and_labels():
     (x, y), _, _ = D.load_digits_arrays()
     x, y = x[:10], y[:10]
@@ -234,7 +234,7 @@ def test_make_pipeline_preprocess_values():
 def test_make_pipeline_shuffle_keeps_pairs():
     x = np.repeat(np.arange(12, dtype=np.uint8)[:, None, None, None], 4, axis=1).repeat(4, 2).repeat(3, 3)
     y = np.arange(12)
-    ds = make_pipeline(x, y, 4, lambda t: t, batch_size=5, shuffle=True, seed=3)
+    ds = make_pipeline(x, y, 4, lambda t: t, batch_size=5, plan=EpochPlan(12, seed=3))
     xs, ys = zip(*[(xb.numpy(), yb[0].numpy()) for xb, yb in ds])
     xs, ys = np.concatenate(xs), np.concatenate(ys)
     assert sorted(ys) == list(range(12)) and list(ys) != list(range(12))

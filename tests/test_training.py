@@ -5,7 +5,8 @@ import pandas as pd
 import pytest
 
 from elastic_lib import build_elastic_model, get_backbone
-from elastic_lib.data import load_dataset, make_pipeline
+from elastic_lib.data import EpochPlan, load_dataset, num_batches
+from elastic_lib.loader import make_input
 from elastic_lib.exits import short_output_names
 from elastic_lib.config import RunConfig
 from elastic_lib.reproducibility import set_determinism
@@ -46,8 +47,15 @@ def pipelines(model, s, x_train=None, shuffle=False):
     pre = get_backbone(BACKBONE).preprocess
     n = len(model.outputs)
     x_train = s.x_train if x_train is None else x_train
-    return (make_pipeline(x_train, s.y_train, SIZE, pre, BATCH, n, shuffle=shuffle, seed=0),
-            make_pipeline(s.x_val, s.y_val, SIZE, pre, BATCH, n))
+    val = make_input("auto", s.x_val, s.y_val, SIZE, pre, BATCH, n)
+    if not shuffle:
+        return make_input("auto", x_train, s.y_train, SIZE, pre, BATCH, n), val
+
+    def train(phase, first_epoch, epochs):  # what Experiment.train_input gives fit_two_phase
+        plan = EpochPlan(len(x_train), seed=0, phase=phase)
+        return (make_input("auto", x_train, s.y_train, SIZE, pre, BATCH, n, plan, epochs, first_epoch),
+                num_batches(len(x_train), BATCH))
+    return train, val
 
 
 def snapshot(model):
@@ -148,6 +156,7 @@ def test_nan_inputs_diverge(digits):
         _fit_baseline(digits, 0.01, x_train=x, phase=1)
 
 
+@pytest.mark.requires_tensorflow
 def test_experiment_mirrored_strategy_trains(tmp_path):
     from elastic_lib.experiment import Experiment
 

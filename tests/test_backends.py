@@ -1,0 +1,164 @@
+"""The workbook on every Keras 3 backend (TensorFlow, JAX, PyTorch).
+
+- ``EpochPlan`` orders the epochs of both input paths as a pure function of (seed, phase, epoch);
+  the backend-neutral loader (``loader.ArrayBatches``) yields the ``tf.data`` path's batches.
+- TensorFlow-only steps refuse early, naming the backend they need.
+- Parameter and FLOPs counts are identical on every installed backend (over the whole registry),
+  and an experiment runs end to end on JAX. The other backends' environments are the ones
+  ``./run_tests.sh`` sets up (``.venv-jax``, ``.venv-torch``, see ``scripts/env.sh``).
+"""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import REFERENCE_DIR  # noqa: F401  (the tests' conftest first: environment before Keras)
+from elastic_lib import backend
+from elastic_lib.backbones import get_backbone
+from elastic_lib.config import ConfigError, RunConfig
+from elastic_lib.data import EpochPlan, load_dataset, num_batches
+from elastic_lib.loader import ArrayBatches, flip_translate
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def other_python(name: str) -> str:
+    """The interpreter of backend ``name``'s environment, or skip (./run_tests.sh sets them up)."""
+    path = os.path.join(ROOT, f".venv-{name}", "bin", "python")
+    if not os.path.exists(path):
+        pytest.skip(f"no {name} environment at {path}: ./run_tests.sh sets it up (ELASTIC_TEST_BACKENDS)")
+    return path
+
+
+def run_on(name: str, code: str, timeout: int = 900) -> str:
+    """Run ``code`` with Keras on backend ``name`` (this checkout's elastic_lib); its stdout."""
+    env = {**os.environ, "KERAS_BACKEND": name, "ELASTIC_BACKEND": name, "PYTHONPATH": ROOT}
+    python = sys.executable if name == backend.name() else other_python(name)
+    proc = subprocess.run([python, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+# ---------------------------------------------------------------- the epoch order
+def test_epoch_plan_is_a_function_of_seed_phase_and_epoch():
+    plan = EpochPlan(50, seed=7, phase=2, pad=3)
+    rows = plan.rows(4)
+    np.testing.assert_array_equal(rows, EpochPlan(50, seed=7, phase=2, pad=3).rows(4))  # no hidden state
+    assert sorted(rows[:, 0]) == list(range(50)) and list(rows[:, 0]) != list(range(50))
+    assert set(rows[:, 1]) == {0, 1} and rows[:, 2:].min() >= 0 and rows[:, 2:].max() <= 6
+    for other in (plan.rows(5), EpochPlan(50, seed=8, phase=2).rows(4), EpochPlan(50, seed=7, phase=1).rows(4)):
+        assert list(other[:, 0]) != list(rows[:, 0])
+    np.testing.assert_array_equal(EpochPlan(50, shuffle=False).rows(3)[:, 0], np.arange(50))
+    np.testing.assert_array_equal(EpochPlan(50, shuffle=False).rows(3)[:, 1:], 0)
+
+
+def test_a_resumed_stream_is_the_tail_of_the_uninterrupted_one():
+    s = load_dataset("digits", limit_per_class=5)  # 40 train images: 3 batches of 16 per epoch
+    pre = get_backbone("mobilenet_0.75").preprocess
+    plan = EpochPlan(len(s.y_train), seed=1, phase=2, pad=2)
+    whole = ArrayBatches(s.x_train, s.y_train, 16, pre, 16, 2, plan, epochs=3)
+    resumed = ArrayBatches(s.x_train, s.y_train, 16, pre, 16, 2, plan, epochs=1, first_epoch=2)
+    per_epoch = num_batches(len(s.y_train), 16)
+    assert len(whole) == 3 * per_epoch and len(resumed) == per_epoch
+    for i in range(per_epoch):
+        a, b = whole[2 * per_epoch + i], resumed[i]
+        np.testing.assert_array_equal(a[0], b[0])
+        np.testing.assert_array_equal(a[1][1], b[1][1])
+    labels = np.concatenate([whole[i][1][0] for i in range(per_epoch)])
+    assert sorted(labels) == sorted(s.y_train)  # an epoch visits every image once
+    with pytest.raises(IndexError):
+        whole[len(whole)]
+
+
+def test_flip_translate_against_explicit_loops():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3, 5, 5, 2)).astype(np.float32)
+    rows = np.array([[0, 1, 0, 4], [1, 0, 2, 2], [2, 1, 3, 1]])
+    pad = 2
+    got = flip_translate(x, rows, pad)
+    want = np.zeros_like(x)
+    for k, (_, flip, dy, dx) in enumerate(rows):
+        img = x[k, :, ::-1] if flip else x[k]
+        for r in range(5):
+            for c in range(5):
+                rr, cc = r + dy - pad, c + dx - pad  # output pixel (r, c) reads input (r + dy - pad, ...)
+                if 0 <= rr < 5 and 0 <= cc < 5:
+                    want[k, r, c] = img[rr, cc]
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(flip_translate(x, np.array([[0, 0, pad, pad]] * 3), pad), x)  # no move
+
+
+@pytest.mark.requires_tensorflow
+@pytest.mark.parametrize("shuffle,pad,one_hot,size", [(False, 0, False, 16), (True, 0, False, 32),
+                                                      (True, 3, False, 24), (True, 0, True, 8)])
+def test_loader_yields_the_tf_data_batches(shuffle, pad, one_hot, size):
+    """Same splits, order, augmentation and preprocessing: labels equal, images to float rounding."""
+    from elastic_lib.data import make_pipeline
+
+    s = load_dataset("digits", limit_per_class=12)
+    y = np.eye(10, dtype=np.float32)[s.y_train] if one_hot else s.y_train
+    pre = get_backbone("resnet50").preprocess if size == 24 else get_backbone("mobilenet_0.75").preprocess
+    plan = EpochPlan(len(y), seed=5, phase=2, shuffle=shuffle, pad=pad)
+    fast = make_pipeline(s.x_train, y, size, pre, 20, 3, plan, epochs=2, first_epoch=1)
+    neutral = ArrayBatches(s.x_train, y, size, pre, 20, 3, plan, epochs=2, first_epoch=1)
+    assert int(fast.cardinality()) == len(neutral) == 2 * num_batches(len(y), 20)
+    for i, (xb, yb) in enumerate(fast):
+        nx, ny = neutral[i]
+        assert len(yb) == len(ny) == 3
+        np.testing.assert_array_equal(yb[2].numpy(), ny[2])
+        np.testing.assert_allclose(xb.numpy(), nx, rtol=0, atol=1e-4 if size == 24 else 1e-5)  # caffe mode: 0..255
+    assert i + 1 == len(neutral)
+
+
+# ---------------------------------------------------------------- TensorFlow-only steps
+def test_tensorflow_only_steps_refuse_on_another_backend(monkeypatch):
+    from elastic_lib.data import make_pipeline
+
+    monkeypatch.setenv("KERAS_BACKEND", "jax")
+    with pytest.raises(backend.BackendError, match="KERAS_BACKEND=tensorflow.*runs Keras on jax"):
+        make_pipeline(np.zeros((2, 8, 8, 3), np.uint8), np.zeros(2), 8, lambda t: t, 2)
+    for field, value in (("strategy", "mirrored"), ("input_pipeline", "tf_data")):
+        with pytest.raises(ConfigError, match=f"{field}.*needs the TensorFlow backend"):
+            RunConfig(dataset="digits", **{field: value}).validate()
+    RunConfig(dataset="digits", input_pipeline="pydataset").validate()  # the neutral path is fine anywhere
+    monkeypatch.setenv("KERAS_BACKEND", "mxnet")
+    with pytest.raises(backend.BackendError, match="tensorflow, jax, torch"):
+        backend.name()
+
+
+def test_backend_label_and_version_without_importing_it():
+    name = backend.name()
+    assert name in backend.BACKENDS and backend.version() != "not installed"
+    assert backend.label() == {"tensorflow": "TensorFlow", "jax": "JAX", "torch": "PyTorch"}[name] + " " + backend.version()
+    assert backend.version(name) == __import__(name).__version__
+
+
+# ---------------------------------------------------------------- other backends
+COUNTS = """
+import json
+from elastic_lib import build_elastic_model, complexity
+from elastic_lib.backbones import get_backbone, list_backbones
+out = {}
+for name in list_backbones():
+    model = build_elastic_model(name, 10, get_backbone(name).min_size, "all", final_head="gap")
+    frame = complexity.complexity_frame(model)
+    out[name] = frame.drop(columns=["tap_layer"], errors="ignore").to_dict("list")
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("other", ["jax", "torch"])
+def test_counts_are_identical_on_every_backend(other):
+    """Every registry backbone with every exit, at its minimum size: params, kernel MACs, MACs,
+    FLOPs and depths per output, exactly as on this session's backend."""
+    theirs = json.loads(run_on(other, COUNTS))
+    mine = json.loads(run_on(backend.name(), COUNTS))
+    assert sorted(theirs) == sorted(mine) and len(mine) >= 14
+    for name in mine:
+        pd.testing.assert_frame_equal(pd.DataFrame(theirs[name]), pd.DataFrame(mine[name]), check_exact=True,
+                                      obj=f"{name} on {other}")
