@@ -6,6 +6,7 @@ import os
 import pandas as pd
 
 from . import aggregate_cases, plots, provenance, results, stats
+from .backend import recorded
 from .config import ROOT, ConfigError, interactive_dir, load_profile
 
 METRICS = [("final_top1_err_pct", "err_final"), ("best_top1_err_pct", "err_best_output"),
@@ -164,7 +165,8 @@ def caption(profile: str, profile_dir: str, long: pd.DataFrame | None = None, pa
     seeds = sorted({p["seed"] for p in runs})
     ran = results.collect(profile_dir, "summary.csv").get("epochs_run", pd.Series(dtype=float)).dropna()
     ran = f", {int(ran.min())}–{int(ran.max())} run (early stopping on validation loss)" if len(ran) else ""
-    setup = (f"Profile `{profile}`: {len(runs)} runs; {values('image_size')} px; weights "
+    keras_on = ", ".join(sorted({f"Keras {e.get('keras', '?')} on {recorded(e)}" for e in envs}))
+    setup = (f"Profile `{profile}`: {len(runs)} runs ({keras_on}); {values('image_size')} px; weights "
              f"{values('weights', lambda v: v or 'random init')}; {data}; up to {values('phase1_epochs')} + "
              f"{values('phase2_epochs')} epochs (phase 1 + phase 2){ran}; seeds {', '.join(map(str, seeds))} "
              "(mean ± std over seeds when more than one). ")

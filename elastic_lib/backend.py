@@ -42,11 +42,21 @@ def version(backend: str | None = None) -> str:
     return "not installed"
 
 
-def label(backend: str | None = None) -> str:
-    """``"JAX 0.10.2"``: the backend and its version as captions print them."""
+PRETTY = {"tensorflow": "TensorFlow", "jax": "JAX", "torch": "PyTorch"}
+
+
+def label(backend: str | None = None, version_: str | None = None) -> str:
+    """``"JAX 0.10.2"``: a backend and its version (default: the installed one) as captions print them."""
     backend = backend or name()
-    pretty = {"tensorflow": "TensorFlow", "jax": "JAX", "torch": "PyTorch"}[backend]
-    return f"{pretty} {version(backend)}"
+    return f"{PRETTY[backend]} {version_ or version(backend)}"
+
+
+def recorded(environment: dict) -> str:
+    """The backend label of a run's recorded ``environment`` (params.yaml); runs made before the
+    backend was recorded ran on TensorFlow, whose version they recorded."""
+    if "keras_backend" in environment:
+        return label(environment["keras_backend"], environment.get("backend_version") or "?")
+    return label("tensorflow", environment.get("tensorflow") or "?")
 
 
 def require_tensorflow(feature: str) -> None:

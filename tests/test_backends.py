@@ -162,3 +162,37 @@ def test_counts_are_identical_on_every_backend(other):
     for name in mine:
         pd.testing.assert_frame_equal(pd.DataFrame(theirs[name]), pd.DataFrame(mine[name]), check_exact=True,
                                       obj=f"{name} on {other}")
+
+
+@pytest.mark.slow
+def test_each_phase_trains_what_it_should_on_this_backend():
+    """One epoch of phase 1 moves the heads only (backbone frozen, BatchNorm statistics kept), one
+    of phase 2 the backbone too; the history is finite (what ./run_tests.sh checks on PyTorch)."""
+    from elastic_lib.exits import build_elastic_model, is_head_layer
+    from elastic_lib.loader import make_input
+    from elastic_lib.reproducibility import set_determinism
+    from elastic_lib.training import fit_two_phase
+
+    s = load_dataset("digits", limit_per_class=10)  # 80 train, 20 validation images
+    pre = get_backbone("mobilenet_0.75").preprocess
+    set_determinism(0)
+    model = build_elastic_model("mobilenet_0.75", 10, 32, exits=["conv_pw_3_relu"])
+
+    def train(phase, first, epochs):
+        plan = EpochPlan(len(s.y_train), seed=0, phase=phase)
+        return make_input("auto", s.x_train, s.y_train, 32, pre, 16, 2, plan, epochs, first), num_batches(80, 16)
+
+    def snapshot():
+        return {l.name: [np.array(w) for w in l.get_weights()] for l in model.layers if l.get_weights()}
+
+    def moved(a, b):
+        return {n for n in a if any(not np.array_equal(x, y) for x, y in zip(a[n], b[n]))}
+
+    val = make_input("auto", s.x_val, s.y_val, 32, pre, 16, 2)
+    before = snapshot()
+    h1 = fit_two_phase(model, train, val, RunConfig(phase1_epochs=1, phase2_epochs=0))
+    after1 = snapshot()
+    assert moved(before, after1) == {n for n in before if is_head_layer(model.get_layer(n))}
+    h2 = fit_two_phase(model, train, val, RunConfig(phase1_epochs=0, phase2_epochs=1))
+    assert {"conv1", "conv_pw_13"} <= moved(after1, snapshot())
+    assert np.isfinite(pd.concat([h1, h2])[["loss", "val_loss"]].to_numpy()).all()
