@@ -142,7 +142,7 @@ class RunConfig:
     latency_repeats: int = _p(10, "timed repeats per output after warm-up (0: skip latency)")
     latency_images: int = _p(30, "test images for the dynamic-policy latency")
     compare_depth_of: str = _p("", "e.g. densenet121: this run's exit nearest that network's depth (paper Fig. 6)")
-    jit_compile: bool = _p(False, "XLA for training steps (GPU speed option; off on CPU)")
+    jit_compile: bool = _p(False, "XLA for training steps on TensorFlow (GPU speed option; off on CPU); JAX always compiles")
     precision: str = _p("float32", "float32 | mixed_float16 (GPU speed option; outputs stay float32)")
     data_dir: str = _p("", "folder holding the CIFAR archive (empty: $ELASTIC_DATA_DIR, Keras cache, or download)",
                        plumbing=True)

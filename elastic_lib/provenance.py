@@ -21,7 +21,7 @@ import json
 import os
 import sys
 
-from . import results
+from . import backend, results
 from .config import NOTEBOOK, ROOT, RunConfig
 
 LIB = os.path.join(ROOT, "elastic_lib")
@@ -137,7 +137,8 @@ def fingerprint(cfg: RunConfig, code: dict | None = None) -> dict:
     return {"library": {**now["library"], **code["library"]}, "notebook": code["notebook"],
             "parameters": parameters_hash(cfg.experiment_params()),
             "data": None if src is None else hash_path(src),
-            "data_source": None if src is None or cfg.dataset == "digits" else portable_path(src)}
+            "data_source": None if src is None or cfg.dataset == "digits" else portable_path(src),
+            "backend": backend.name()}
 
 
 def record(run_dir: str, cfg: RunConfig, code: dict | None = None) -> dict:
@@ -189,6 +190,9 @@ def changes(run_dir: str, cfg: RunConfig | None = None, data_dir: str | None = N
         out.append("library: " + ", ".join(f"elastic_lib/{m.replace('.', '/')}.py" for m in lib))
     if notebook_hash() != rec["notebook"]:
         out.append("notebook: notebooks/elastic_experiment.ipynb")
+    made_on = rec.get("backend", "tensorflow")  # runs made before backends were recorded: TensorFlow
+    if made_on != backend.name():
+        out.append(f"backend: made on {made_on}, this session runs Keras on {backend.name()}")
     then = doc.get("parameters", {})
     now = then if cfg is None else cfg.experiment_params()
     if parameters_hash(now) != rec["parameters"]:

@@ -117,8 +117,16 @@ def compile_model(model: keras.Model, lr: float, cfg: RunConfig, metrics: str = 
         loss=[output_loss(cfg) for _ in range(n)],
         loss_weights=loss_weights(n, cfg.loss_weights),
         metrics=acc,
-        jit_compile=cfg.jit_compile,
+        jit_compile=jit_compile(cfg),
     )
+
+
+def jit_compile(cfg: RunConfig):
+    """``cfg.jit_compile`` (XLA) on TensorFlow, where it is an option; Keras' ``"auto"`` elsewhere:
+    on JAX every step is XLA-compiled (uncompiled JAX runs op by op, ~10x slower), on PyTorch eager."""
+    from .backend import name
+
+    return cfg.jit_compile if name() == "tensorflow" else "auto"
 
 
 class DivergenceGuard(keras.callbacks.Callback):
