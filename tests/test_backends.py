@@ -196,3 +196,38 @@ def test_each_phase_trains_what_it_should_on_this_backend():
     h2 = fit_two_phase(model, train, val, RunConfig(phase1_epochs=0, phase2_epochs=1))
     assert {"conv1", "conv_pw_13"} <= moved(after1, snapshot())
     assert np.isfinite(pd.concat([h1, h2])[["loss", "val_loss"]].to_numpy()).all()
+
+
+SMOKE_RUN = "mobilenet_0.75__digits__elastic"
+TRAIN_ON = """
+import sys, yaml
+from elastic_lib.experiment import run
+run(yaml.safe_load(open(sys.argv[1])))
+"""
+
+
+@pytest.mark.slow
+def test_smoke_training_on_jax_matches_tensorflow_within_the_measured_tolerance(tmp_path):
+    """The committed smoke run (TensorFlow), trained again on JAX from the same profile: the same
+    outputs and counts exactly, and the final output's test error within the cross-CPU tolerance
+    of ``results/smoke/reproducibility/tolerances.csv`` (the portable-tests measure). The exits'
+    errors are reported, not asserted: the shallow exits move more across backends than across CPUs."""
+    import yaml
+
+    from elastic_lib.config import load_profile
+    from elastic_lib.reproducibility import compare_run
+
+    python = other_python("jax")
+    cfg = next(c for c in load_profile("smoke").runs if c.run_id() == SMOKE_RUN)
+    params = {**cfg.experiment_params(), "output_dir": str(tmp_path / SMOKE_RUN), "latency_repeats": 0}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    env = {**os.environ, "KERAS_BACKEND": "jax", "ELASTIC_BACKEND": "jax", "PYTHONPATH": ROOT}
+    proc = subprocess.run([python, "-c", TRAIN_ON, str(tmp_path / "params.yaml")], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    checks = compare_run(os.path.join(ROOT, "results", "smoke", SMOKE_RUN), str(tmp_path / SMOKE_RUN))
+    exact = checks[checks["check"] != "tolerance"]
+    assert exact["ok"].all(), exact[~exact["ok"]].to_string()
+    final = checks[(checks["output"] == "final") & (checks["column"] == "top1_err_pct")]
+    report = checks[checks["column"] == "top1_err_pct"][["output", "reference", "value", "tolerance", "ok"]]
+    assert len(final) == 1 and final["ok"].all(), report.to_string()

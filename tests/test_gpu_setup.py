@@ -51,6 +51,20 @@ def test_requirements_swap_only_tensorflow(fake_gpu):
     assert diff == [("tensorflow-cpu==2.21.0", "tensorflow[and-cuda]==2.21.0")] and len(cpu) == len(gpu)
 
 
+@pytest.mark.parametrize("backend,cpu_line,gpu_line", [("jax", "jax==0.10.2", "jax[cuda12]==0.10.2"),
+                                                      ("torch", "torch==2.13.0+cpu", "torch==2.13.0")])
+def test_other_backends_swap_the_tensorflow_line_for_theirs(fake_gpu, backend, cpu_line, gpu_line):
+    tf = _bash("requirements_for cpu").stdout.splitlines()
+    for flavour, line in (("cpu", cpu_line), ("gpu", gpu_line)):
+        mine = _bash(f"requirements_for {flavour} {backend}").stdout.splitlines()
+        assert [(a, b) for a, b in zip(tf, mine) if a != b] == [("tensorflow-cpu==2.21.0", line)] and len(tf) == len(mine)
+    assert _bash(f"venv_for {backend}").stdout.strip() == str(Path(ROOT) / f".venv-{backend}")
+    assert _bash("venv_for tensorflow").stdout.strip() == str(Path(ROOT) / ".venv")
+    assert _bash("elastic_backend", ELASTIC_BACKEND=backend).stdout.strip() == backend
+    bad = _bash("elastic_backend", ELASTIC_BACKEND="mxnet")
+    assert bad.returncode == 2 and "use tensorflow, jax or torch" in bad.stderr
+
+
 def test_pip_resolves_the_cuda_build_with_a_fake_gpu(fake_gpu, tmp_path):
     """pip install --dry-run of what env.sh would install: TensorFlow with its CUDA/cuDNN wheels."""
     import json
