@@ -61,7 +61,7 @@ def test_notebook_parameters_cell_declares_every_runconfig_field():
 
 def test_experiment_params_leave_the_plumbing_out():
     cfg = RunConfig(output_dir="/somewhere/run", data_dir="/data", write_done=False)
-    assert {"output_dir", "data_dir", "weights_dir", "write_done", "strategy"} == set(cfg.plumbing())
+    assert {"output_dir", "data_dir", "weights_dir", "write_done", "strategy", "input_pipeline"} == set(cfg.plumbing())
     assert not set(cfg.plumbing()) & set(cfg.experiment_params())
     assert {**cfg.experiment_params(), **cfg.plumbing()} == cfg.to_dict()
 
