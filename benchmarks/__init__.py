@@ -12,8 +12,9 @@ one-line ``verdict`` against its target):
    TFLite cascade, 32 and 224 px), no-exit overhead, every exit alone in TFLite, batch 64
 7. ``early_exit_policies``  budgeted early exit and per-exit calibration on trained runs
 8. ``backends``          train steps/s of each Keras backend over TensorFlow's, side by side
+9. ``resize_placement``  training images/s with the 32 -> 224 upsampling inside the model vs on the host
 """
 import elastic_lib  # noqa: F401  (its setup_environment() runs before TensorFlow is imported)
 
 FIGURES = ("overhead", "pipeline", "memory", "complexity_bench", "early_exit_bench", "early_exit_efficiency",
-           "early_exit_policies", "backends")
+           "early_exit_policies", "backends", "resize_placement")

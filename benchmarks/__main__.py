@@ -50,6 +50,11 @@ def _method(module) -> str:
     return doc[1].strip() if len(doc) > 1 else ""
 
 
+def _verdict(r: dict) -> str:
+    """PASS / FAIL against the figure's target; "-" for a figure that only measures (no target)."""
+    return "-" if r.get("pass") is None else ("PASS" if r["pass"] else "FAIL")
+
+
 def write_report(path: str, info: dict, results: dict, modules: dict, quick: bool, elapsed: float,
                  load_end) -> None:
     lines = [f"# Benchmarks{' (--quick mode: tiny settings, not the reference numbers)' if quick else ''}", "",
@@ -71,10 +76,10 @@ def write_report(path: str, info: dict, results: dict, modules: dict, quick: boo
             lines.append(f"| {name} | error | | ERROR: {_md_escape(r['error'])} |")
         elif r.get("summary_rows"):  # a module with several figures: one summary row each
             lines += [f"| {_md_escape(x['figure'])} | {_md_escape(x['measured'])} | {_md_escape(x['target'])} | "
-                      f"{'PASS' if x['pass'] else 'FAIL'} |" for x in r["summary_rows"]]
+                      f"{_verdict(x)} |" for x in r["summary_rows"]]
         else:
             lines.append(f"| {_md_escape(r['figure'])} | {_md_escape(r['measured'])} | {_md_escape(r['target'])} | "
-                         f"{'PASS' if r['pass'] else 'FAIL'} |")
+                         f"{_verdict(r)} |")
     lines += ["", "## Details", ""]
     for name, r in results.items():
         mod = modules.get(name)
@@ -135,7 +140,7 @@ def main(argv=None) -> int:
         if "error" in r:
             print(f"{r['figure']:<{w}}  {'-':<44}  {'-':<30}  ERROR {r['error']}")
         else:
-            print(f"{r['figure']:<{w}}  {r['measured']:<44}  {r['target']:<30}  {'PASS' if r['pass'] else 'FAIL'}")
+            print(f"{r['figure']:<{w}}  {r['measured']:<44}  {r['target']:<30}  {_verdict(r)}")
     print()
     for name, r in results.items():
         if "verdict" in r:

@@ -43,7 +43,9 @@ t0 = time.perf_counter()
 for _ in range(steps):
     keras.ops.convert_to_numpy(model.predict_on_batch(x)[-1])
 predict_ms = 1e3 * (time.perf_counter() - t0) / steps
-print(json.dumps({"train_steps_per_s": train, "predict_ms_per_batch": predict_ms, "keras": keras.__version__}))
+from elastic_lib import backend
+print(json.dumps({"train_steps_per_s": train, "predict_ms_per_batch": predict_ms, "keras": keras.__version__,
+                  "version": backend.version()}))
 """
 
 
@@ -67,22 +69,26 @@ def measure(backend: str, steps: int) -> dict:
 
 def run(quick: bool = False) -> dict:
     available = [b for b in BACKENDS if python_of(b)]
+    figure = "8. Keras backends: train steps/s vs TensorFlow (MobileNet-0.75 elastic, 32x32, batch 32)"
     if "tensorflow" not in available:
-        return {"verdict": "skipped: no TensorFlow environment to compare with"}
+        return {"figure": figure, "data": "random batch", "measured": "-", "target": "none (measured only)",
+                "pass": None, "verdict": "skipped: no TensorFlow environment to compare with"}
     rounds, steps = (1, 5) if quick else (3, 30)
     got = {b: [] for b in available}
     for r in range(rounds):
         for b in available:
             log(f"backends: round {r + 1}/{rounds}, {b}")
             got[b].append(measure(b, steps))
-    out = {"backends": ", ".join(available), "rounds": rounds, "steps_per_round": steps,
+    row = {"backends": ", ".join(available), "rounds": rounds, "steps_per_round": steps,
            "missing": ", ".join(b for b in BACKENDS if b not in available) or "none"}
     tf_rate = median([g["train_steps_per_s"] for g in got["tensorflow"]])
     for b in available:
         rate = median([g["train_steps_per_s"] for g in got[b]])
-        out[f"{b}_train_steps_per_s"] = rate
-        out[f"{b}_predict_ms_per_batch"] = median([g["predict_ms_per_batch"] for g in got[b]])
-        out[f"{b}_train_ratio_vs_tensorflow"] = rate / tf_rate
-    others = [f"{b} {out[f'{b}_train_ratio_vs_tensorflow']:.2f}x" for b in available if b != "tensorflow"]
-    out["verdict"] = "train speed vs TensorFlow: " + (", ".join(others) or "no other backend set up")
-    return out
+        row[f"{b}_version"] = got[b][0].get("version", "")
+        row[f"{b}_train_steps_per_s"] = rate
+        row[f"{b}_predict_ms_per_batch"] = median([g["predict_ms_per_batch"] for g in got[b]])
+        row[f"{b}_train_ratio_vs_tensorflow"] = rate / tf_rate
+    others = [f"{b} {row[f'{b}_train_ratio_vs_tensorflow']:.2f}x" for b in available if b != "tensorflow"]
+    measured = ", ".join(others) or "no other backend set up"
+    return {"figure": figure, "data": "one fixed random batch", "rows": [row], "measured": measured,
+            "target": "none (measured only)", "pass": None, "verdict": "train speed vs TensorFlow: " + measured}

@@ -10,7 +10,8 @@ Conventions (each table names the one it uses):
   sigmoid 3, swish 4, softmax 3 per element; max/avg pooling kh*kw per output element;
   global average pooling 1 per input element + 1 per channel; Add/Multiply 1 per element per
   extra input; Rescaling 1-2, Normalization 2 per element. Concatenate, padding, reshape,
-  flatten and dropout (identity at inference) are free.
+  flatten and dropout (identity at inference) are free; so is the ``resize_in_model`` layer
+  (input upsampling, which the default path does on the host and no convention counts).
 MicroNet score (NeurIPS 2019 MicroNet challenge, relative to WideResNet-28-10):
   score = (params x 16/32) / 36.5e6 + (0.5 x mults + adds) / 10.49e9, where a multiply-add is
   one multiplication and one addition, and other element-wise ops (compare, exp) count as adds.
@@ -31,7 +32,7 @@ MICRONET_PARAMS = 36.5e6
 MICRONET_OPS = 10.49e9
 _ACT_COST = {"linear": 0, None: 0, "relu": 1, "relu6": 1, "sigmoid": 3, "hard_sigmoid": 2, "swish": 4,
              "silu": 4, "softmax": 3, "tanh": 3, "elu": 3, "gelu": 8}
-_FREE = (L.InputLayer, L.ZeroPadding2D, L.Concatenate, L.Flatten, L.Reshape, L.Dropout, L.Cropping2D)
+_FREE = (L.InputLayer, L.Resizing, L.ZeroPadding2D, L.Concatenate, L.Flatten, L.Reshape, L.Dropout, L.Cropping2D)
 _WEIGHTED = (L.Conv2D, L.DepthwiseConv2D, L.Dense)
 
 

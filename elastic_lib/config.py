@@ -136,6 +136,7 @@ class RunConfig:
     limit_per_class: int = _p(0, "first N training images per class (0: all)")
     test_limit_per_class: int = _p(0, "first N test images per class (0: all)")
     augment: bool = _p(False, "random flip + translation (paper: off)")
+    resize_in_model: bool = _p(False, "upsample to image_size in the model (first layer: Resizing), not on the host")
     seed: int = _p(0, "seeds Python, NumPy, TensorFlow; op determinism is always on")
     target_drop_pct: float = _p(1.0, "early exit: allowed top-1 accuracy drop vs. the final output (points)")
     exit_criterion: str = _p("max_prob", "dynamic policy timed in the latency cell: max_prob | entropy")
@@ -247,6 +248,11 @@ class RunConfig:
                                   f"({', '.join(b for b in _backbones_with(name))}); {self.backbone} has not")
         if self.bn_epsilon < 0:
             raise ConfigError(f"bn_epsilon must be >= 0 (0: the backbone's own), got {self.bn_epsilon}")
+
+    def host_image_size(self, source_size: int) -> int:
+        """Side of the images the input path ships for images of side ``source_size``: image_size,
+        or with ``resize_in_model`` the source side (the model's ``resize_in_model`` layer upsamples)."""
+        return int(source_size) if self.resize_in_model else self.image_size
 
     @property
     def refinery_dir(self) -> str:

@@ -17,6 +17,7 @@ from .config import EXIT_CHOICES, FINAL_HEADS, HEADS
 EXIT_PREFIX = "exit_"
 DEEPER_HALF_START = 8  # the original code: intermediate_outputs[8:] for every backbone
 FINAL_PREFIX = "final_"
+RESIZE_LAYER = "resize_in_model"  # the first layer of a model built with source_size (upsampling on the accelerator)
 
 
 def resolve_taps(backbone_model: keras.Model, backbone: str, exits: str | Sequence[str]) -> list[str]:
@@ -80,10 +81,29 @@ def _classifier(num_classes: int, head: str, am_scale: float):
     return make
 
 
+def _resizing_first(base: keras.Model, source_size: int, image_size: int) -> keras.Model:
+    """``base`` (built at image_size) fed source_size images through a first ``Resizing`` layer:
+    the graph is replayed on the resized input with each layer cloned from its config (the names
+    stay) and given the original's weights (ImageNet or a weights file, already loaded)."""
+    inp = keras.Input((source_size, source_size, 3), name=base.layers[0].name)
+    x = layers.Resizing(image_size, image_size, interpolation="bilinear", name=RESIZE_LAYER)(inp)
+    clones = {}
+
+    def clone(layer):
+        clones[layer.name] = layer.__class__.from_config(layer.get_config())
+        return clones[layer.name]
+
+    # what keras.models.clone_model does, except that the resized tensor stays connected to inp
+    model = keras.Model(inp, base._run_through_graph(x, operation_fn=clone), name=base.name)
+    for layer in base.layers[1:]:
+        clones[layer.name].set_weights(layer.get_weights())
+    return model
+
+
 def build_elastic_model(backbone: str, num_classes: int, image_size: int, exits="all",
                         final_head: str = "flatten", weights=None, dropout: float = 0.2,
                         extra_exits: Sequence[str] = (), head: str = "softmax", am_scale: float = 5.0,
-                        backbone_options: dict | None = None) -> keras.Model:
+                        backbone_options: dict | None = None, source_size: int | None = None) -> keras.Model:
     """Backbone + elastic exits. Outputs: the exits (shallowest first), then the final head.
 
     exits: "none" (baseline), "all", "deeper_half" (the default taps from the 9th on, as the
@@ -95,6 +115,10 @@ def build_elastic_model(backbone: str, num_classes: int, image_size: int, exits=
     head: every output's classifier, "softmax" (Dense + softmax) or "am_softmax" (the cosine head
     ``heads.CosineSoftmax`` of scale ``am_scale``); both output probabilities, named ``*_softmax``.
     backbone_options: the registry builder's own options (e.g. inception_v4's ``bn_epsilon``).
+    source_size: the model takes images of this side and upsamples them to image_size in its first
+    layer (``keras.layers.Resizing`` named ``resize_in_model``, bilinear, no antialiasing: the
+    host path's resize), so the host ships small images and the accelerator resizes; None (or
+    image_size): the model takes image_size images.
     """
     get_backbone(backbone)
     check_image_size(backbone, image_size)
@@ -110,6 +134,8 @@ def build_elastic_model(backbone: str, num_classes: int, image_size: int, exits=
         raise ValueError(f"unknown head {head!r}; valid: {HEADS}")
     classifier = _classifier(num_classes, head, am_scale)
     base = _make_backbone(backbone, image_size, weights, backbone_options)
+    if source_size is not None and source_size != image_size:
+        base = _resizing_first(base, int(source_size), image_size)
     taps = resolve_taps(base, backbone, exits)
     if extra_exits:
         if exits == "none":

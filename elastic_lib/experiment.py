@@ -154,7 +154,8 @@ class Experiment:
         keras.config.set_dtype_policy(c.precision)
         try:
             return build_elastic_model(c.backbone, self.splits.num_classes, c.image_size, c.exit_spec, c.final_head,
-                                       weights, c.dropout, c.extra_exit_list, c.head, c.am_scale, c.backbone_options)
+                                       weights, c.dropout, c.extra_exit_list, c.head, c.am_scale, c.backbone_options,
+                                       c.host_image_size(self.splits.x_train.shape[1]))
         finally:
             keras.config.set_dtype_policy(before)
 
@@ -173,8 +174,9 @@ class Experiment:
         x, y = getattr(s, f"x_{split}"), getattr(s, f"y_{split}")
         if c.refinery_run:  # soft targets to train on, one-hot labels to select and report on
             y = self.refinery_targets if split == "train" else np.eye(s.num_classes, dtype=np.float32)[y]
-        plan = EpochPlan(len(x), c.seed, phase, shuffle, augment_pad(c.image_size) if c.augment and shuffle else 0)
-        return make_input(c.input_pipeline, x, y, c.image_size, self.preprocess, c.batch_size, len(self.model.outputs),
+        size = c.host_image_size(x.shape[1])
+        plan = EpochPlan(len(x), c.seed, phase, shuffle, augment_pad(size) if c.augment and shuffle else 0)
+        return make_input(c.input_pipeline, x, y, size, self.preprocess, c.batch_size, len(self.model.outputs),
                           plan, epochs, first_epoch)
 
     def train_input(self, phase: int, first_epoch: int, epochs: int):

@@ -49,7 +49,7 @@ def refinery_targets(refinery_run: str, cfg, images: np.ndarray, num_classes: in
     if teacher.splits.num_classes != num_classes:
         raise ConfigError(f"refinery_run {repo_relative(refinery_run)} has {teacher.splits.num_classes} classes, "
                           f"this run {num_classes}")
-    ds = make_input(cfg.input_pipeline, images, np.zeros(len(images), int), teacher.cfg.image_size,
+    ds = make_input(cfg.input_pipeline, images, np.zeros(len(images), int), teacher.cfg.host_image_size(images.shape[1]),
                     teacher.preprocess, batch_size, len(teacher.model.outputs))
     probs = teacher.model.predict(ds, verbose=0)  # predict reads the images and ignores the labels
     probs = probs if isinstance(probs, list) else [probs]

@@ -231,3 +231,57 @@ def test_smoke_training_on_jax_matches_tensorflow_within_the_measured_tolerance(
     final = checks[(checks["output"] == "final") & (checks["column"] == "top1_err_pct")]
     report = checks[checks["column"] == "top1_err_pct"][["output", "reference", "value", "tolerance", "ok"]]
     assert len(final) == 1 and final["ok"].all(), report.to_string()
+
+
+# ---------------------------------------------------------------- resizing inside the model
+def _pair(backbone: str, size: int, source: int):
+    """The same elastic model (same weights) built for host resizing and for resize_in_model."""
+    import keras
+
+    from elastic_lib.exits import build_elastic_model
+
+    keras.utils.set_random_seed(0)
+    host = build_elastic_model(backbone, 10, size)
+    inside = build_elastic_model(backbone, 10, size, source_size=source)
+    inside.set_weights(host.get_weights())
+    return host, inside
+
+
+@pytest.mark.parametrize("backbone", ["mobilenet_0.75", "resnet50_legacy", "inception_v4"])
+def test_resize_in_model_is_the_host_resize_moved_into_the_model(backbone):
+    """One Resizing layer first, named; the rest of the graph (names, weights, costs) unchanged;
+    the outputs on 32-px images are the host-resized model's."""
+    import keras
+
+    from elastic_lib import complexity
+    from elastic_lib.loader import resize
+
+    size = max(get_backbone(backbone).min_size, 48)
+    host, inside = _pair(backbone, size, 32)
+    assert tuple(inside.inputs[0].shape) == (None, 32, 32, 3)
+    assert [l.name for l in inside.layers][1] == "resize_in_model"
+    assert [l.name for l in inside.layers[2:]] == [l.name for l in host.layers[1:]]
+    pd.testing.assert_frame_equal(complexity.complexity_frame(inside), complexity.complexity_frame(host))
+    x = np.random.default_rng(1).uniform(-1, 1, (3, 32, 32, 3)).astype(np.float32)
+    for a, b in zip(host.predict(resize(x, size), verbose=0), inside.predict(x, verbose=0)):
+        np.testing.assert_allclose(b, a, rtol=0, atol=1e-5)
+    assert keras.ops.convert_to_numpy(inside.get_layer("resize_in_model")(x)).shape == (3, size, size, 3)
+
+
+def test_an_experiment_with_resize_in_model_ships_source_images(tmp_path):
+    """The run's input carries 8-px digits (preprocessed on the host, which commutes with the
+    bilinear resize) and its model's predictions are those of the host-resized run."""
+    from elastic_lib.experiment import Experiment
+
+    runs = []
+    for inside in (False, True):
+        exp = Experiment({"limit_per_class": 5, "resize_in_model": inside, "output_dir": str(tmp_path / str(inside))})
+        exp.load_data()
+        exp.build_model()
+        runs.append(exp)
+    runs[1].model.set_weights(runs[0].model.get_weights())
+    (xh, _), (xi, _) = (next(iter(r.pipeline("test"))) for r in runs)
+    assert np.shape(xh)[1:] == (32, 32, 3) and np.shape(xi)[1:] == (8, 8, 3)
+    for a, b in zip(runs[0].model.predict(xh, verbose=0), runs[1].model.predict(xi, verbose=0)):
+        np.testing.assert_allclose(b, a, rtol=0, atol=1e-5)
+    pd.testing.assert_frame_equal(runs[1].costs, runs[0].costs)
