@@ -100,6 +100,21 @@ def _resizing_first(base: keras.Model, source_size: int, image_size: int) -> ker
     return model
 
 
+def _check_arguments(backbone, num_classes, image_size, exits, final_head, dropout, head) -> None:
+    get_backbone(backbone)
+    check_image_size(backbone, image_size)
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 2:
+        raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
+    if final_head not in FINAL_HEADS:
+        raise ValueError(f"unknown final_head {final_head!r}; valid: {FINAL_HEADS}")
+    if not 0.0 <= float(dropout) < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+    if isinstance(exits, str) and exits not in EXIT_CHOICES:
+        raise ValueError(f"bad exit spec {exits!r}: use one of {EXIT_CHOICES} or a list of layer names")
+    if head not in HEADS:
+        raise ValueError(f"unknown head {head!r}; valid: {HEADS}")
+
+
 def build_elastic_model(backbone: str, num_classes: int, image_size: int, exits="all",
                         final_head: str = "flatten", weights=None, dropout: float = 0.2,
                         extra_exits: Sequence[str] = (), head: str = "softmax", am_scale: float = 5.0,
@@ -120,18 +135,7 @@ def build_elastic_model(backbone: str, num_classes: int, image_size: int, exits=
     host path's resize), so the host ships small images and the accelerator resizes; None (or
     image_size): the model takes image_size images.
     """
-    get_backbone(backbone)
-    check_image_size(backbone, image_size)
-    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 2:
-        raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
-    if final_head not in FINAL_HEADS:
-        raise ValueError(f"unknown final_head {final_head!r}; valid: {FINAL_HEADS}")
-    if not 0.0 <= float(dropout) < 1.0:
-        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
-    if isinstance(exits, str) and exits not in EXIT_CHOICES:
-        raise ValueError(f"bad exit spec {exits!r}: use one of {EXIT_CHOICES} or a list of layer names")
-    if head not in HEADS:
-        raise ValueError(f"unknown head {head!r}; valid: {HEADS}")
+    _check_arguments(backbone, num_classes, image_size, exits, final_head, dropout, head)
     classifier = _classifier(num_classes, head, am_scale)
     base = _make_backbone(backbone, image_size, weights, backbone_options)
     if source_size is not None and source_size != image_size:
