@@ -163,8 +163,9 @@ def caption(profile: str, profile_dir: str, long: pd.DataFrame | None = None, pa
     data += (f" (a fraction {values('val_fraction')} of them for validation) from {source}; test images: "
              + ", ".join(f"{DATASET_NAMES.get(k, k)} {int(v):,}" for k, v in tests.items()))
     seeds = sorted({p["seed"] for p in runs})
-    ran = results.collect(profile_dir, "summary.csv").get("epochs_run", pd.Series(dtype=float)).dropna()
-    ran = f", {int(ran.min())}–{int(ran.max())} run (early stopping on validation loss)" if len(ran) else ""
+    ran = results.collect(profile_dir, "summary.csv").get("epochs_run", pd.Series(dtype=float)).dropna().astype(int)
+    span = "" if ran.empty else str(ran.min()) if ran.min() == ran.max() else f"{ran.min()}–{ran.max()}"
+    ran = f", {span} epochs run (early stopping on validation loss)" if span else ""
     keras_on = ", ".join(sorted({f"Keras {e.get('keras', '?')} on {recorded(e)}" for e in envs}))
     setup = (f"Profile `{profile}`: {len(runs)} runs ({keras_on}); {values('image_size')} px; weights "
              f"{values('weights', lambda v: v or 'random init')}; {data}; up to {values('phase1_epochs')} + "

@@ -45,7 +45,7 @@ def test_paper_table_layout_values_and_caption(tmp_path):
     cap = aggregate.caption("demo", str(prof), long)
     for words in ("4 runs", "32 px", "random init", "all training images", "CIFAR-10 100", "seeds 0, 1",
                   "clean protocol", "paper protocol", "kernel MACs", "abcdef0, abcdef0 with uncommitted changes",
-                  "up to 1 + 5 epochs (phase 1 + phase 2), 4–5 run (early stopping on validation loss)"):
+                  "up to 1 + 5 epochs (phase 1 + phase 2), 4–5 epochs run (early stopping on validation loss)"):
         assert words in cap, words
 
 
