@@ -158,6 +158,7 @@ def test_unknown_convention():
 
 
 # ---------------------------------------------------------------- TensorFlow profiler
+@pytest.mark.requires_tensorflow
 @pytest.mark.parametrize("name", ["resnet50", "mobilenet_0.75"])
 def test_flops_within_1pct_of_tf_profiler(name):
     model = build_elastic_model(name, 10, 64, exits="none")
