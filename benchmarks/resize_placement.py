@@ -14,7 +14,7 @@ bottleneck.
 """
 from __future__ import annotations
 
-from .common import clear_keras, fit_step_seconds, fmt, load_images, log, median, paired_ratio
+from .common import clear_keras, fit_step_seconds, fmt, load_images, log, median, paired_ratio, time_interleaved
 
 BACKBONE = "mobilenet_0.75"
 BATCH = 32
@@ -51,8 +51,6 @@ def _trainer(x, y, image_size: int, in_model: bool, steps: int):
 
 
 def run(quick: bool = False) -> dict:
-    from .common import time_interleaved
-
     image_size, steps, repeats = (96, 4, 1) if quick else (224, 8, 3)
     x, y, data = load_images(limit=BATCH * 64)
     log(f"resize_placement: {image_size} px, {repeats} rounds of {steps} steps")

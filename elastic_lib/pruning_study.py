@@ -40,6 +40,18 @@ class RunData:
         return self.x_train[np.sort(idx)]
 
 
+def _tqdm():
+    """tqdm's notebook bar where ipywidgets is installed, else its text bar (``tqdm.auto`` would
+    warn, with this machine's site-packages path, into the committed notebook)."""
+    import importlib.util
+
+    if importlib.util.find_spec("ipywidgets"):
+        from tqdm.auto import tqdm
+    else:
+        from tqdm import tqdm
+    return tqdm
+
+
 def find_runs(profile: str, results_root: str | None = None) -> dict[str, str]:
     """The completed VGG16 runs of ``<results_root>/<profile>/`` by variant (``baseline``, ``elastic``)."""
     profile_dir = os.path.join(results_root or os.path.join(ROOT, "results"), profile)
@@ -86,7 +98,7 @@ def load_runs(runs: dict[str, str]) -> list[RunData]:
 def single_layer(run: RunData, layers=pruning.SINGLE_LAYERS, ratios=pruning.RATIOS, rules=pruning.RULES,
                  sample_images: int = 1000, points_per_image: int = 10, seed: int = 0) -> pd.DataFrame:
     """The single-layer experiment on ``run``'s test images (see ``pruning.single_layer_table``)."""
-    from tqdm.auto import tqdm
+    tqdm = _tqdm()
 
     bar = tqdm(total=len(layers) * len(ratios) * len(rules), desc="single layer", leave=False)
     table = pruning.single_layer_table(run.model, run.sample_images(sample_images, seed), run.x_test, run.y_test,
@@ -208,7 +220,7 @@ def whole_model(run: RunData, schedules=("x2", "x4", "x5"), fine_tune_epochs: in
                 sample_images: int = 1000, points_per_image: int = 10, joint_epochs: int = 2, seed: int = 0):
     """Every schedule on ``run``'s model, without and then with a short fine-tuning run.
     Returns (evaluations: one row per output x model, long; the pruning logs)."""
-    from tqdm.auto import tqdm
+    tqdm = _tqdm()
 
     images = run.sample_images(sample_images, seed)
     evals = [pruning.evaluate(run.model, run.x_test, run.y_test).assign(model="original", ratio="-")]

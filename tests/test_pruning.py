@@ -1,6 +1,7 @@
 """Channel pruning (elastic_lib.pruning) on the registry's VGG16 at 32x32 (random weights) and on
 a narrow VGG of the same layer names for the whole-model schedules."""
 import math
+import os
 
 import keras
 import numpy as np
@@ -228,3 +229,27 @@ def test_pruning_profile_end_to_end_through_the_driver(tmp_path):
 
     again = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert again.returncode == 0 and "study channel_pruning" not in again.stdout, again.stdout + again.stderr
+
+
+def test_committed_pruning_study_is_complete_and_matches_its_runs():
+    """results/pruning holds the study's tables and figures/pruning its figure; the study's unpruned
+    models (reloaded from the runs' weights and evaluated by the study) have the same final-output
+    top-1 error as each training run's own summary.csv, and at ratio 1 every rule changes nothing."""
+    import pandas as pd
+
+    from elastic_lib.config import ROOT
+
+    tables, figures = os.path.join(ROOT, "results", "pruning"), os.path.join(ROOT, "figures", "pruning")
+    for name in ("pruning_study.md", "single_layer.csv", "rule_ranking.csv", "whole_model.csv",
+                 "whole_model_outputs.csv", "exits_before_after.csv", "channel_pruning.ipynb"):
+        assert os.path.isfile(os.path.join(tables, name)), f"missing {name}: ./run_all.sh --profile pruning --study"
+    assert os.path.isfile(os.path.join(figures, "single_layer_error_increase.png"))
+    single = pd.read_csv(os.path.join(tables, "single_layer.csv"))
+    assert set(single["rule"]) == set(pruning.RULES)
+    assert (single[single["ratio"] == 1.0]["top1_err_inc_pct"] == 0).all()
+    evals = pd.read_csv(os.path.join(tables, "whole_model_outputs.csv"), keep_default_na=False)
+    original = evals[(evals["model"] == "original") & (evals["output"] == "final")]
+    assert set(original["run"]) == {"vgg16__cifar10__baseline", "vgg16__cifar10__elastic"}
+    for _, row in original.iterrows():
+        summary = pd.read_csv(os.path.join(tables, row["run"], "summary.csv")).iloc[0]
+        assert 100 * row["top1_err"] == pytest.approx(summary["final_top1_err_pct"], abs=0.01), row["run"]
