@@ -103,7 +103,7 @@ def test_the_data_part_rehashes_the_recorded_file_and_never_crashes_when_it_is_g
     assert provenance.status(str(run)) == ("done", []) and not provenance.data_checked(str(run))
 
 
-@pytest.mark.parametrize("profile", ["smoke", "cifar-mini", "inception-v4", "micronet"])
+@pytest.mark.parametrize("profile", ["smoke", "cifar-mini", "inception-v4", "micronet", "pruning"])
 def test_committed_runs_are_not_stale_at_head(profile):
     """Every committed run was made by the code, notebook, parameters and data of this checkout.
     (CIFAR data is compared where the subsets are found beside the repo, else left unchecked.)"""
@@ -112,3 +112,4 @@ def test_committed_runs_are_not_stale_at_head(profile):
     stale = {os.path.basename(r.output_dir): provenance.changes(r.output_dir, r) for r in runs}
     assert not {k: v for k, v in stale.items() if v}, ("regenerate: ./run_all.sh --profile "
                                                        f"{profile} --rerun-stale", stale)
+
