@@ -1,6 +1,7 @@
 """The interactive path: templates are never written by use, outputs go to their own places,
 notebooks open unmodified, results are readable by others, no machine paths in tracked files."""
 import os
+import re
 import stat
 import subprocess
 from pathlib import Path
@@ -119,12 +120,29 @@ def test_results_are_written_with_the_users_umask(tmp_path, umask, mode):
         assert stat.S_IMODE(os.stat(p).st_mode) == mode, oct(os.stat(p).st_mode)
 
 
-def test_no_tracked_file_holds_this_machines_repo_path():
+# where a machine keeps files (a home, a temporary folder, a checkout); results quote repo-relative paths
+MACHINE_PATH = re.compile(rb"(?<![\w.])(/home/|/Users/|/root/|/work/|/tmp/|/private/|/var/folders/)")
+RESULT_TEXT = (".md", ".csv", ".yaml", ".json", ".ipynb", ".svg", ".txt")
+
+
+def test_no_tracked_file_holds_a_path_of_this_machine():
+    """No tracked file holds this checkout's absolute path; the committed results, figures and
+    benchmark reports hold no machine path at all (their paths are repo-relative)."""
     files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
     needle = str(ROOT).encode()
-    holders = [f for f in files.decode().split("\0") if f and (ROOT / f).is_file()
-               and needle in (ROOT / f).read_bytes()]
+    holders, made, found = [], 0, {}
+    for f in files.decode().split("\0"):
+        if not (f and (ROOT / f).is_file()):
+            continue
+        data = (ROOT / f).read_bytes()
+        if needle in data:
+            holders.append(f)
+        if f.split("/")[0] in ("results", "figures", "benchmarks") and os.path.splitext(f)[1] in RESULT_TEXT:
+            made += 1
+            if m := MACHINE_PATH.search(data):
+                found[f] = m.group(0).decode()
     assert holders == [], f"absolute repo path {ROOT} in tracked files: {holders}"
+    assert made > 100 and not found, found
 
 
 def test_show_outputs_lists_every_file_by_kind(tmp_path, monkeypatch, capsys):
