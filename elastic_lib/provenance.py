@@ -1,16 +1,25 @@
 """What made a run, and whether it is still what the code would make now.
 
-A finished run records in its ``params.yaml`` a *fingerprint*: the SHA-256 of the source of every
-``elastic_lib`` module its kernel had imported, of the code cells of the notebook that ran it, of its
-resolved parameters (plumbing such as paths left out) and of its data (the CIFAR archive, or
-scikit-learn's digits file). A run directory is then
+A finished run records in its ``params.yaml`` a *fingerprint*: the code of every unit (function,
+class, method, constant, module statements) of the ``elastic_lib`` modules its kernel had imported,
+hashed by what it does (``elastic_lib.codehash``: comments, docstrings, formatting and where a unit
+lives or what it is called do not count), the code cells of the notebook that ran it (likewise), its
+resolved parameters (plumbing such as paths left out), its Keras backend and its data (the CIFAR
+archive, or scikit-learn's digits file). A run directory is then
 
 - ``todo``: no ``DONE`` marker;
-- ``done``: ``DONE``, and every recorded part matches the working tree;
-- ``stale``: ``DONE``, but some part changed since (or it has no fingerprint): ``--rerun-stale`` redoes it.
+- ``done``: ``DONE``, and every recorded part is still there: each unit's code somewhere in the
+  library (wherever it lives now), the same notebook code, parameters, backend and data;
+- ``stale``: ``DONE``, but some part changed since (or it has no fingerprint): ``--rerun-stale`` redoes
+  it, and ``--list`` names what changed (e.g. ``code: elastic_lib.training:compile_model``).
 
-The data part is compared only where the data can be found without downloading (the run's recorded
-``data_dir``, ``$ELASTIC_DATA_DIR``, the Keras cache); elsewhere it is reported as unchecked.
+``codehash`` and this module compute the fingerprint and are left out of it. The data part is
+compared only where the data can be found without downloading (the run's recorded ``data_dir``,
+``$ELASTIC_DATA_DIR``, the Keras cache); elsewhere it is reported as unchecked.
+
+Runs recorded before version 2 (SHA-256 of each file's bytes) are compared byte for byte until
+``python -m elastic_lib.provenance upgrade`` moves them to version 2 without retraining: it checks
+that their byte hashes match the files of the commit that made them and hashes that commit's code.
 Light: no TensorFlow import (the driver's ``--list`` uses it).
 """
 from __future__ import annotations
@@ -19,14 +28,18 @@ import hashlib
 import importlib.util
 import json
 import os
+import subprocess
 import sys
 
-from . import backend, results
+from . import backend, codehash, results
 from .config import NOTEBOOK, ROOT, RunConfig
 
 LIB = os.path.join(ROOT, "elastic_lib")
-PARTS = ("library", "notebook", "parameters", "data")
+PARTS = ("code", "notebook", "parameters", "data")
+VERSION = 2
+NOT_RECORDED = ("codehash", "provenance")  # they make the fingerprint; their tests guard them
 _data_cache: dict[tuple, str] = {}
+_code_cache: dict[tuple, dict] = {}
 
 
 def _sha(data: bytes) -> str:
@@ -34,7 +47,8 @@ def _sha(data: bytes) -> str:
 
 
 def module_hash(name: str) -> str | None:
-    """SHA-256 of ``elastic_lib/<name>.py`` in the working tree (None if it no longer exists)."""
+    """SHA-256 of ``elastic_lib/<name>.py``'s bytes in the working tree (None if it no longer exists):
+    the library part of a version-1 fingerprint."""
     path = os.path.join(LIB, *name.split(".")) + ".py"
     if not os.path.isfile(path):
         path = os.path.join(LIB, *name.split("."), "__init__.py")
@@ -50,12 +64,38 @@ def loaded_modules() -> list[str]:
                   for m in list(sys.modules) if m == "elastic_lib" or m.startswith("elastic_lib."))
 
 
-def notebook_hash(path: str | None = None) -> str:
-    """SHA-256 of the notebook's code cells (sources only: outputs and metadata do not make a run)."""
-    with open(path or NOTEBOOK) as f:
-        nb = json.load(f)
-    code = "\n# ----- cell\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
-    return _sha(code.encode())
+def _code_cells(text: str) -> list[str]:
+    return ["".join(c["source"]) for c in json.loads(text)["cells"] if c["cell_type"] == "code"]
+
+
+def notebook_hash(path: str | None = None, text: str | None = None) -> str:
+    """SHA-256 of the notebook's code cells by what they do (outputs, metadata, comments and formatting
+    do not make a run). ``text``: the notebook's JSON instead of reading ``path``."""
+    if text is None:
+        with open(path or NOTEBOOK) as f:
+            text = f.read()
+    return _sha(codehash.notebook_text(_code_cells(text)).encode())
+
+
+def notebook_hash_v1(text: str) -> str:
+    """A version-1 fingerprint's notebook part: the code cells' text as written."""
+    return _sha("\n# ----- cell\n".join(_code_cells(text)).encode())
+
+
+def library_hashes(lib: str | None = None) -> dict[str, tuple[str, str]]:
+    """Every unit of the library in ``lib`` (default: this checkout's) and its hashes; cached while
+    no file changes."""
+    lib = lib or LIB
+    stats = []
+    for folder, dirs, files in os.walk(lib):
+        dirs[:] = [d for d in dirs if d != "__pycache__"]
+        stats += [(os.path.join(folder, f), os.stat(os.path.join(folder, f)).st_mtime_ns,
+                   os.stat(os.path.join(folder, f)).st_size) for f in files if f.endswith(".py")]
+    key = (lib, tuple(sorted(stats)))
+    if key not in _code_cache:
+        _code_cache.clear()
+        _code_cache[key] = codehash.package_hashes(codehash.read_package(lib), NOT_RECORDED)
+    return _code_cache[key]
 
 
 def parameters_hash(params: dict) -> str:
@@ -123,9 +163,11 @@ def data_hash(dataset: str, data_dir: str = "") -> str | None:
 
 
 def code_hashes(modules: list[str] | None = None, notebook: str | None = None) -> dict:
-    """Library and notebook part of a fingerprint, as the files are now."""
+    """Code and notebook part of a fingerprint, as the files are now: every unit of ``modules``
+    (default: the library modules this process imported, but ``NOT_RECORDED``)."""
     names = loaded_modules() if modules is None else modules
-    return {"library": {m: module_hash(m) for m in names}, "notebook": notebook_hash(notebook)}
+    names = [m for m in names if m not in NOT_RECORDED]
+    return {"code": codehash.module_units(library_hashes(), names), "notebook": notebook_hash(notebook)}
 
 
 def fingerprint(cfg: RunConfig, code: dict | None = None) -> dict:
@@ -134,7 +176,7 @@ def fingerprint(cfg: RunConfig, code: dict | None = None) -> dict:
     now = code_hashes()
     code = code or now
     src = data_source(cfg.dataset, cfg.data_dir)
-    return {"library": {**now["library"], **code["library"]}, "notebook": code["notebook"],
+    return {"version": VERSION, "code": {**now["code"], **code["code"]}, "notebook": code["notebook"],
             "parameters": parameters_hash(cfg.experiment_params()),
             "data": None if src is None else hash_path(src),
             "data_source": None if src is None or cfg.dataset == "digits" else portable_path(src),
@@ -185,10 +227,18 @@ def changes(run_dir: str, cfg: RunConfig | None = None, data_dir: str | None = N
     if not rec:
         return ["no fingerprint (made before fingerprints were recorded)"]
     out = []
-    lib = [m for m, h in sorted(rec["library"].items()) if module_hash(m) != h]
-    if lib:
-        out.append("library: " + ", ".join(f"elastic_lib/{m.replace('.', '/')}.py" for m in lib))
-    if notebook_hash() != rec["notebook"]:
+    if rec.get("version", 1) >= 2:
+        units = codehash.changed(rec["code"], library_hashes())
+        if units:
+            out.append("code: " + ", ".join(f"elastic_lib.{u}" for u in units))
+        nb_now = notebook_hash()
+    else:  # version 1: each imported file's bytes, the notebook's code cells as written
+        lib = [m for m, h in sorted(rec["library"].items()) if module_hash(m) != h]
+        if lib:
+            out.append("library: " + ", ".join(f"elastic_lib/{m.replace('.', '/')}.py" for m in lib))
+        with open(NOTEBOOK) as f:
+            nb_now = notebook_hash_v1(f.read())
+    if nb_now != rec["notebook"]:
         out.append("notebook: notebooks/elastic_experiment.ipynb")
     made_on = rec.get("backend", "tensorflow")  # runs made before backends were recorded: TensorFlow
     if made_on != backend.name():
@@ -221,3 +271,75 @@ def data_checked(run_dir: str, data_dir: str | None = None) -> bool:
         return False
     rec = doc.get("fingerprint") or {}
     return rec.get("data") is not None and current_data_hash(rec, recorded, data_dir) is not None
+
+
+# ---------------------------------------------------------------- version 1 -> 2
+def _git_show(commit: str, rel: str) -> str | None:
+    proc = subprocess.run(["git", "show", f"{commit}:{rel}"], cwd=ROOT, capture_output=True, text=True)
+    return proc.stdout if proc.returncode == 0 else None
+
+
+def _package_at(commit: str) -> dict[str, str]:
+    proc = subprocess.run(["git", "ls-tree", "-r", "--name-only", commit, "elastic_lib/"], cwd=ROOT,
+                          capture_output=True, text=True, check=True)
+    return {codehash.module_name(os.path.relpath(p, "elastic_lib")): _git_show(commit, p)
+            for p in proc.stdout.split() if p.endswith(".py")}
+
+
+def upgrade(run_dir: str) -> str:
+    """Move a version-1 fingerprint to version 2 without retraining: the code and notebook of the
+    commit that made the run (``environment.git_commit``) are hashed, after checking that the run's
+    recorded byte hashes are those of that commit's files. Returns what was done; raises
+    ``ValueError`` when the run cannot be matched to its commit (then it must be rerun)."""
+    import yaml
+
+    doc = results.read_params_yaml(run_dir)
+    rec = doc.get("fingerprint") or {}
+    if rec.get("version", 1) >= 2:
+        return "already version 2"
+    if not rec.get("library"):
+        raise ValueError(f"{run_dir}: no fingerprint to upgrade; rerun it")
+    commit = (doc.get("environment") or {}).get("git_commit", "")
+    if not commit or commit == "unknown" or _git_show(commit, "elastic_lib/__init__.py") is None:
+        raise ValueError(f"{run_dir}: its commit {commit or '(none)'} is not in this repository; rerun it")
+    mismatched = [m for m, h in sorted(rec["library"].items())
+                  if _sha((_git_show(commit, f"elastic_lib/{m.replace('.', '/')}.py") or "").encode()) != h]
+    nb = _git_show(commit, "notebooks/elastic_experiment.ipynb")
+    if nb is None or notebook_hash_v1(nb) != rec["notebook"]:
+        mismatched.append("notebooks/elastic_experiment.ipynb")
+    if mismatched:
+        raise ValueError(f"{run_dir}: made by other code than commit {commit[:7]} ({', '.join(mismatched)}); "
+                         "rerun it")
+    hashes = codehash.package_hashes(_package_at(commit), NOT_RECORDED)
+    modules = [m for m in rec["library"] if m not in NOT_RECORDED]
+    new = {"version": VERSION, "code": codehash.module_units(hashes, modules),
+           "notebook": notebook_hash(text=nb), "upgraded_from": f"version 1 checked against {commit}",
+           **{k: v for k, v in rec.items() if k not in ("library", "notebook")}}
+    doc["fingerprint"] = new
+    results.atomic_write_text(os.path.join(run_dir, "params.yaml"), yaml.safe_dump(doc, sort_keys=True))
+    return f"upgraded (code of {commit[:7]})"
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m elastic_lib.provenance",
+                                 description="Fingerprints of committed runs: upgrade version-1 ones.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    up = sub.add_parser("upgrade", help="move runs' version-1 fingerprints to version 2 (no retraining)")
+    up.add_argument("run_dirs", nargs="+", help="run directories (with DONE)")
+    args = ap.parse_args(argv)
+    failed = 0
+    for d in args.run_dirs:
+        if not results.is_done(d):
+            continue
+        try:
+            print(f"{d}: {upgrade(d)}")
+        except ValueError as e:
+            failed += 1
+            print(f"error: {e}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,14 +1,17 @@
 """Fingerprints: what made a run, and whether the working tree would still make it (done / stale / todo)."""
 import hashlib
 import json
+import re
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from elastic_lib import provenance, results
+from elastic_lib import codehash, provenance, results
 from elastic_lib.config import NOTEBOOK, load_profile
 from test_batch import ROOT, TINY, run_batch, write_profile
 
@@ -19,9 +22,11 @@ def test_notebook_hash_reads_code_cells_only(tmp_path):
     for c in nb["cells"]:
         if c["cell_type"] == "code":
             c["outputs"] = [{"output_type": "stream", "name": "stdout", "text": ["other numbers\n"]}]
+    first = next(c for c in nb["cells"] if c["cell_type"] == "code")
+    first["source"].append("\n# a comment, which is not code")
     copy.write_text(json.dumps(nb))
-    assert provenance.notebook_hash(str(copy)) == provenance.notebook_hash(NOTEBOOK)  # outputs do not make a run
-    next(c for c in nb["cells"] if c["cell_type"] == "code")["source"].append("\nx = 1")
+    assert provenance.notebook_hash(str(copy)) == provenance.notebook_hash(NOTEBOOK)  # outputs, comments do not make a run
+    first["source"].append("\nx = 1")
     copy.write_text(json.dumps(nb))
     assert provenance.notebook_hash(str(copy)) != provenance.notebook_hash(NOTEBOOK)
 
@@ -44,19 +49,23 @@ def test_a_run_is_todo_then_done_then_stale_and_rerun_stale_redoes_it(tmp_path, 
     out = run_batch(prof, tmp_path, "--no-aggregate")
     assert out.returncode == 0, out.stdout + out.stderr
     fp = results.read_params_yaml(str(run_dir))["fingerprint"]
-    # what the run's kernel imported, each module hashed as it is in the working tree
-    assert {"config", "data", "exits", "experiment", "training", "plots"} <= set(fp["library"])
-    assert fp["library"]["training"] == hashlib.sha256((ROOT / "elastic_lib" / "training.py").read_bytes()).hexdigest()
-    assert fp["notebook"] == provenance.notebook_hash() and fp["data"] == provenance.data_hash("digits")
+    # every unit of the modules the run's kernel imported, hashed as the working tree has it
+    modules = {k.partition(":")[0] for k in fp["code"]}
+    assert {"config", "data", "exits", "experiment", "training", "plots"} <= modules
+    assert not modules & set(provenance.NOT_RECORDED)
+    now = provenance.library_hashes()
+    assert fp["code"]["training:compile_model"] == " ".join(now["training:compile_model"][:2])
+    assert fp["version"] == 2 and fp["notebook"] == provenance.notebook_hash()
+    assert fp["data"] == provenance.data_hash("digits")
     assert "mobilenet_0.75__digits__baseline\tdone" in run_batch(prof, tmp_path, "--list").stdout
 
-    # the library changes (a copy of it, edited): stale, naming the file
+    # the library changes (a copy of it, edited): stale, naming the function
     lib = tmp_path / "elastic_lib"
     shutil.copytree(ROOT / "elastic_lib", lib, ignore=shutil.ignore_patterns("__pycache__"))
-    with open(lib / "training.py", "a") as f:
-        f.write("\n# changed\n")
+    src = (lib / "training.py").read_text()
+    (lib / "training.py").write_text(src.replace("    n = len(model.outputs)\n", "    n = len(model.outputs)\n    n = n + 0\n", 1))
     monkeypatch.setattr(provenance, "LIB", str(lib))
-    assert provenance.status(str(run_dir)) == ("stale", ["library: elastic_lib/training.py"])
+    assert provenance.status(str(run_dir)) == ("stale", ["code: elastic_lib.training:compile_model"])
     monkeypatch.undo()
     assert provenance.status(str(run_dir)) == ("done", [])
 
@@ -113,3 +122,106 @@ def test_committed_runs_are_not_stale_at_head(profile):
     assert not {k: v for k, v in stale.items() if v}, ("regenerate: ./run_all.sh --profile "
                                                        f"{profile} --rerun-stale", stale)
 
+
+
+# ---------------------------------------------------------------- a refactor keeps runs current
+def _repo_copy(tmp_path) -> Path:
+    """The library, notebooks, profiles and committed smoke runs, copied: a throwaway checkout."""
+    repo = tmp_path / "repo"
+    for rel in ("elastic_lib", "notebooks", "experiments", "results/smoke"):
+        shutil.copytree(ROOT / rel, repo / rel, ignore=shutil.ignore_patterns("__pycache__", "personal"))
+    return repo
+
+
+def _list_smoke(repo) -> str:
+    out = subprocess.run([sys.executable, "-m", "elastic_lib.batch", "--profile", "smoke", "--list"], cwd=repo,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_comments_and_docstrings_keep_runs_current_and_a_new_statement_makes_them_stale(tmp_path):
+    """In a copy of the repo: the module that compiles the training model gets a comment and a
+    docstring edit (smoke runs stay done), then a statement in the body of ``compile_model``
+    (every smoke run is stale, and --list names the function)."""
+    repo = _repo_copy(tmp_path)
+    runs = [r.run_id() for r in load_profile("smoke").runs]
+    training = repo / "elastic_lib" / "training.py"
+    src = training.read_text()
+    edited = src.replace('    """SGD(lr, momentum; default', '    """Compile with SGD(lr, momentum; default', 1)
+    edited = edited.replace("    n = len(model.outputs)\n", "    # one loss, one weight and one metric list per output\n"
+                                                            "    n = len(model.outputs)\n", 1)
+    assert edited.count("Compile with SGD") == 1 and edited.count("one loss, one weight") == 1
+    training.write_text(edited)
+    assert _list_smoke(repo).splitlines() == [f"{r}\tdone" for r in runs]
+
+    training.write_text(edited.replace("    n = len(model.outputs)\n", "    n = len(model.outputs)\n    model.stop_training = False\n", 1))
+    assert _list_smoke(repo).splitlines() == [f"{r}\tstale\tcode: elastic_lib.training:compile_model" for r in runs]
+
+
+@pytest.mark.parametrize("refactor", ["move", "rename", "rename module"])
+def test_moving_or_renaming_code_keeps_runs_current(tmp_path, refactor, monkeypatch):
+    """A function moved to another module, a function renamed with its callers, a module renamed
+    with its importers: every smoke run stays done (read in-process on the copy)."""
+    repo = _repo_copy(tmp_path)
+    lib = repo / "elastic_lib"
+    if refactor == "move":  # training.loss_weights -> a new module, imported back
+        src = (lib / "training.py").read_text()
+        start = src.index("def loss_weights(")
+        end = src.index("\ndef ", start + 1)
+        (lib / "weighting.py").write_text("from .config import LOSS_WEIGHT_SCHEMES\n\n\n" + src[start:end])
+        (lib / "training.py").write_text(src[:start] + "from .weighting import loss_weights  # noqa\n\n" + src[end:])
+    elif refactor == "rename":  # exits.output_names -> exits.output_layer_names, everywhere in the library
+        for f in lib.glob("*.py"):
+            f.write_text(re.sub(r"\boutput_names\b", "output_layer_names", f.read_text()))
+    else:  # stats.py -> statistics.py
+        (lib / "stats.py").rename(lib / "statistics.py")
+        for f in lib.glob("*.py"):
+            f.write_text(f.read_text().replace("from .stats import", "from .statistics import").replace(
+                "from . import stats", "from . import statistics as stats"))
+    before = provenance.library_hashes()
+    monkeypatch.setattr(provenance, "LIB", str(lib))
+    assert provenance.library_hashes() != before  # the copy was refactored
+    for r in load_profile("smoke").runs:
+        assert provenance.changes(r.output_dir) == [], r.run_id()
+
+
+def test_upgrade_checks_the_old_fingerprint_against_its_commit(tmp_path, monkeypatch):
+    """A version-1 fingerprint (file bytes) moves to version 2 by hashing the code of the commit
+    that made the run, only when its byte hashes are those of that commit's files."""
+    repo = tmp_path / "repo"
+    for rel in ("elastic_lib", "notebooks"):
+        shutil.copytree(ROOT / rel, repo / rel, ignore=shutil.ignore_patterns("__pycache__", "personal"))
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(repo)]
+    subprocess.run(git + ["init", "-q"], check=True)
+    subprocess.run(git + ["add", "-A"], check=True)
+    subprocess.run(git + ["commit", "-qm", "made the run"], check=True)
+    commit = subprocess.run(git + ["rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    modules = ["config", "training", "exits"]
+    v1 = {"library": {m: hashlib.sha256((repo / "elastic_lib" / f"{m}.py").read_bytes()).hexdigest() for m in modules},
+          "notebook": provenance.notebook_hash_v1((repo / "notebooks" / "elastic_experiment.ipynb").read_text()),
+          "parameters": "p", "data": None, "data_source": None, "backend": "tensorflow"}
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "DONE").write_text("ok\n")
+    doc = {"environment": {"git_commit": commit}, "fingerprint": v1}
+    (run / "params.yaml").write_text(yaml.safe_dump(doc))
+    # the code after the run: training.py changed and committed (the upgrade reads the run's commit)
+    (repo / "elastic_lib" / "training.py").write_text("# later\n")
+    subprocess.run(git + ["commit", "-qam", "later"], check=True)
+    monkeypatch.setattr(provenance, "ROOT", str(repo))
+
+    bad = run.parent / "bad"
+    shutil.copytree(run, bad)
+    tampered = {**doc, "fingerprint": {**v1, "library": {**v1["library"], "exits": "0" * 64}}}
+    (bad / "params.yaml").write_text(yaml.safe_dump(tampered))
+    with pytest.raises(ValueError, match=r"made by other code than commit .*elastic_lib/exits|exits"):
+        provenance.upgrade(str(bad))
+
+    assert provenance.upgrade(str(run)).startswith("upgraded")
+    fp = results.read_params_yaml(str(run))["fingerprint"]
+    want = codehash.module_units(codehash.package_hashes(codehash.read_package(str(ROOT / "elastic_lib")),
+                                                         provenance.NOT_RECORDED), modules)
+    assert fp["version"] == 2 and fp["code"] == want and fp["parameters"] == "p"
+    assert fp["notebook"] == provenance.notebook_hash(str(ROOT / "notebooks" / "elastic_experiment.ipynb"))
+    assert provenance.upgrade(str(run)) == "already version 2"
