@@ -1,5 +1,10 @@
 """Session-wide test settings. At the repo root, so `pytest --nbval notebooks/` gets them too.
 
+- Tiers (``./run_tests.sh``, docs/testing.md): ``--quick`` runs what trains nothing (tests marked
+  ``slow`` and the experiment notebook's nbval are deselected; a test that calls ``fit`` anyway
+  fails, naming the marker to add); the default runs everything but ``deep``; ``--deep`` adds the
+  ``deep`` tests (long real training: many kill trials, the whole smoke profile under ISA caps).
+
 - Interactive outputs (runs and aggregations started without an output folder, i.e. what the
   template notebooks write under nbval) go to a temporary ``$ELASTIC_INTERACTIVE_DIR``, never to
   the user's ``results/interactive/`` nor to tracked files.
@@ -24,6 +29,12 @@ def _git_status() -> str | None:
     return proc.stdout if proc.returncode == 0 else None
 
 
+def pytest_addoption(parser):
+    group = parser.getgroup("elastic", "test tiers (docs/testing.md)")
+    group.addoption("--quick", action="store_true", help="only tests that train nothing (not `slow`, no experiment notebook)")
+    group.addoption("--deep", action="store_true", help="also the `deep` tests (long real training)")
+
+
 def pytest_configure(config):
     config._elastic_interactive = tempfile.mkdtemp(prefix="elastic-interactive-")
     os.environ["ELASTIC_INTERACTIVE_DIR"] = config._elastic_interactive
@@ -31,9 +42,22 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    """``requires_tensorflow`` tests (tf.data, tf.GradientTape, SavedModel, TFLite, tf.distribute)
-    skip when the session runs on another Keras backend (``./run_tests.sh`` runs the compute-plane
-    tests on JAX too)."""
+    """Tiers: ``deep`` tests skip without ``--deep``; ``--quick`` deselects what trains (``slow``
+    tests, the nbval cells of the experiment notebook). ``requires_tensorflow`` tests (tf.data,
+    tf.GradientTape, SavedModel, TFLite, tf.distribute) skip when the session runs on another Keras
+    backend (``./run_tests.sh`` runs the backend-dependent tests on JAX too)."""
+    for item in items:
+        if "elastic_experiment.ipynb" in item.nodeid:  # nbval runs the template: it trains
+            item.add_marker(pytest.mark.slow)
+    if config.getoption("--quick"):
+        keep = [i for i in items if "slow" not in i.keywords and "deep" not in i.keywords]
+        config.hook.pytest_deselected(items=[i for i in items if i not in keep])
+        items[:] = keep
+    elif not config.getoption("--deep"):
+        skip = pytest.mark.skip(reason="deep tier: ./run_tests.sh --deep (docs/testing.md)")
+        for item in items:
+            if "deep" in item.keywords:
+                item.add_marker(skip)
     backend = os.environ.get("KERAS_BACKEND", "tensorflow")
     if backend == "tensorflow":
         return
@@ -41,6 +65,22 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "requires_tensorflow" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _quick_tier_trains_nothing(request, monkeypatch):
+    """Under ``--quick`` a test that calls ``keras.Model.fit`` fails: it must be marked ``slow``."""
+    if not request.config.getoption("--quick"):
+        yield
+        return
+    import keras
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"{request.node.nodeid} trains a model: mark it @pytest.mark.slow "
+                             "(the quick tier trains nothing)")
+
+    monkeypatch.setattr(keras.Model, "fit", refuse)
+    yield
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -69,10 +69,31 @@ class Unit:
     kind: str                    # function | class | assign | module | method
     methods: list = field(default_factory=list)   # class: [(name, unit key)]
     opaque: bool = False         # named, not hashed, where it is used
+    elided: object = None        # a table: the literal whose entries are units of their own
+    position: str = ""           # an entry of a list or tuple: its place
 
 
 def _is_doc(stmt) -> bool:
     return isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant) and isinstance(stmt.value.value, str)
+
+
+def _table_literal(value):
+    """The literal of a table assignment: a list, tuple, set or dict display, or the list or tuple a
+    one-generator comprehension runs over (``{b.name: b for b in [...]}``); None otherwise."""
+    if isinstance(value, (ast.List, ast.Tuple, ast.Set, ast.Dict)):
+        return value
+    if isinstance(value, (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)) and len(value.generators) == 1:
+        it = value.generators[0].iter
+        return it if isinstance(it, (ast.List, ast.Tuple)) else None
+    return None
+
+
+def _entry_name(node, i: int) -> str:
+    """An entry's name in messages: the first string of a call (``Backbone("vgg16", ...)``), else its place."""
+    if isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant) \
+            and isinstance(node.args[0].value, str):
+        return repr(node.args[0].value)
+    return str(i)
 
 
 def _is_main_block(stmt) -> bool:
@@ -171,6 +192,7 @@ class Package:
                     continue
                 key = self._add(Unit(f"{module}:{','.join(names)}", module, [stmt], "assign"))
                 binds.update({n: ("unit", key) for n in names})
+                self._cut_table(module, key, stmt.value)
             else:
                 rest.append(stmt)
         if rest:
@@ -184,6 +206,24 @@ class Package:
                     elif isinstance(n, ast.alias):
                         binds.setdefault(n.asname or n.name.split(".")[0], ("unit", key))
         self.bindings[module] = binds
+
+    def _cut_table(self, module: str, key: str, value) -> None:
+        """A table written as a literal (a registry, the choices of a parameter): each entry is a unit
+        of its own and the table's unit leaves them out, so an added entry changes no recorded unit,
+        while an entry that changes or goes away is found (every unit of an imported module is
+        recorded). A list or tuple entry is hashed with its position; a dict entry with its key."""
+        literal = _table_literal(value)
+        if literal is None:
+            return
+        self.units[key].elided = literal
+        if isinstance(literal, ast.Dict):
+            entries = [(ast.unparse(k)[:60] if k is not None else f"**{i}", [k, v], "")
+                       for i, (k, v) in enumerate(zip(literal.keys, literal.values))]
+        else:
+            entries = [(_entry_name(e, i), [e], f"position {i}" if not isinstance(literal, ast.Set) else "")
+                       for i, e in enumerate(literal.elts)]
+        for name, nodes, where in entries:
+            self._add(Unit(f"{key}[{name}]", module, [n for n in nodes if n is not None], "entry", position=where))
 
     def _cut_class(self, module: str, cls: ast.ClassDef) -> str:
         unit = Unit(f"{module}:{cls.name}", module, [cls], "class")
@@ -262,7 +302,7 @@ class _Serializer:
                         self.local.add(n.name)
                     elif isinstance(n, ast.MatchAs) and n.name:
                         self.local.add(n.name)
-        if self.unit.kind in ("module", "assign"):
+        if self.unit.kind in ("module", "assign", "entry"):
             self.local = set()  # top-level names resolve to their units
         self.local -= declared_global
 
@@ -281,7 +321,8 @@ class _Serializer:
 
     def text(self) -> str:
         self._scope(self.unit.nodes)
-        return "\n".join(self.ser(n, top=True) for n in self.unit.nodes)
+        body = "\n".join(self.ser(n, top=True) for n in self.unit.nodes)
+        return f"entry at {self.unit.position}: {body}" if self.unit.position else body
 
     def ser(self, node, top: bool = False) -> str:
         if isinstance(node, (ast.Name, ast.Attribute)) and isinstance(getattr(node, "ctx", None), ast.Load):
@@ -294,6 +335,8 @@ class _Serializer:
                 return f"mod({t[1]})"
         if isinstance(node, list):
             return "[" + ",".join(self.ser(x) for x in node) + "]"
+        if node is self.unit.elided and node is not None:
+            return f"{type(node).__name__}(entries)"  # the table's entries are units of their own
         if not isinstance(node, ast.AST):
             return repr(node)
         if isinstance(node, ast.Constant):

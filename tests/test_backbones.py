@@ -56,11 +56,13 @@ EXPECTED_TAPS = {
     "inception_v4": ["stem", *[f"inception_a{i}" for i in range(1, 5)], "reduction_a",
                      *[f"inception_b{i}" for i in range(1, 8)], "reduction_b", *[f"inception_c{i}" for i in range(1, 4)]],
     "efficientnet_b0_cifar": _EFFNET_TAPS,  # B0's blocks, two strides changed
+    "tiny_cnn": ["block1_out", "block2_out", "block3_out"],  # the toy's three blocks (its docstring)
 }
 # The counts from the brief / paper, kept separate from the name lists above as a cross-check.
 EXPECTED_COUNTS = {"resnet50": 16, "resnet50_legacy": 16, "resnet101": 33, "resnet152": 50, "inception_v3": 11,
                    "mobilenet_0.75": 13, "vgg16": 5, "densenet121": 7, "densenet169": 7, "densenet201": 7,
-                   "mobilenet_v2": 17, "efficientnet_b0": 16, "inception_v4": 17, "efficientnet_b0_cifar": 16}
+                   "mobilenet_v2": 17, "efficientnet_b0": 16, "inception_v4": 17, "efficientnet_b0_cifar": 16,
+                   "tiny_cnn": 3}
 
 
 class Built:
@@ -181,3 +183,15 @@ def test_resnet50_legacy_min_size_is_tight():
     assert get_backbone("resnet50_legacy").min_size == 197
     with pytest.raises(Exception):
         get_backbone("resnet50_legacy").constructor(input_shape=(196, 196, 3), weights=None)
+
+
+def test_tiny_cnn_parameter_count_by_hand():
+    """The toy's parameters from its definition: per block a 3x3 convolution (9 * c_in * c_out
+    weights + c_out biases) and a BatchNorm (4 * c_out); the elastic head of each block 10-way
+    Dense (c_out * 10 + 10), the final Flatten -> Dense at 16x16 input (2 x 2 x 32 features)."""
+    convs = [(3, 8), (8, 16), (16, 32)]
+    backbone = sum(9 * a * b + b + 4 * b for a, b in convs)
+    exits = sum(b * 10 + 10 for _, b in convs)
+    final = 2 * 2 * 32 * 10 + 10
+    assert build_elastic_model("tiny_cnn", 10, 16, exits="all").count_params() == backbone + exits + final
+    assert build_elastic_model("tiny_cnn", 10, 16, exits="none").count_params() == backbone + final

@@ -13,29 +13,10 @@ import yaml
 
 from elastic_lib import batch, results
 from elastic_lib.config import ConfigError
+from tiny import BACKBONE, ROOT, run_batch, write_profile
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = dict(dataset="digits", image_size=32, limit_per_class=10, test_limit_per_class=6, phase1_epochs=1,
-            phase2_epochs=1, batch_size=16, latency_repeats=0, seed=0)
 # timing columns legitimately differ between runs; everything else must be identical
 VOLATILE = ("latency", "train_s")
-
-
-def write_profile(tmp_path, name, grid, overrides=None, defaults=None):
-    path = tmp_path / f"{name}.yaml"
-    spec = {"description": "test", "defaults": {**TINY, **(defaults or {})}, "grid": grid}
-    if overrides:
-        spec["overrides"] = overrides
-    path.write_text(yaml.safe_dump(spec))
-    return str(path)
-
-
-def run_batch(profile, root, *extra, wait=True):
-    cmd = [sys.executable, "-m", "elastic_lib.batch", "--profile", profile, "--results-root", str(root / "results"),
-           "--figures-root", str(root / "figures"), *extra]
-    if wait:  # the environment (oneDNN, log level) comes from elastic_lib.setup_environment via conftest
-        return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=1200)
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
 
 
 def test_undeclared_notebook_parameter_is_refused():
@@ -64,12 +45,12 @@ def test_unknown_profile_lists_valid_ones(tmp_path):
     assert out.returncode == 2 and "smoke" in out.stderr
 
 
+@pytest.mark.slow
 def test_failures_are_recorded_and_the_batch_goes_on(tmp_path):
     """A diverging run is FAILED with its reason; the next run is still attempted (here it is
     locked by 'another run_all.sh' and refused without being touched)."""
-    profile = write_profile(tmp_path, "fail", {"backbone": ["mobilenet_0.75"], "variant": ["elastic", "baseline"]},
-                            overrides={"mobilenet_0.75__digits__elastic": {"learning_rate": 1e30}})
-    locked_dir = tmp_path / "results" / "fail" / "mobilenet_0.75__digits__baseline"
+    profile = write_profile(tmp_path, "fail", overrides={f"{BACKBONE}__digits__elastic": {"learning_rate": 1e30}})
+    locked_dir = tmp_path / "results" / "fail" / f"{BACKBONE}__digits__baseline"
     locked_dir.mkdir(parents=True)
     (locked_dir / "history.csv").write_text("sentinel\n")
     fd = os.open(locked_dir / ".lock", os.O_RDWR | os.O_CREAT)
@@ -82,7 +63,7 @@ def test_failures_are_recorded_and_the_batch_goes_on(tmp_path):
     assert "2 failure(s)" in out.stdout
     assert "TrainingDiverged" in out.stdout
     assert "locked" in out.stdout
-    failed = tmp_path / "results" / "fail" / "mobilenet_0.75__digits__elastic"
+    failed = tmp_path / "results" / "fail" / f"{BACKBONE}__digits__elastic"
     assert (failed / "FAILED").exists() and not (failed / "DONE").exists()
     assert (locked_dir / "history.csv").read_text() == "sentinel\n"
 
@@ -92,13 +73,13 @@ def _table(root, profile):
     return df[[c for c in df.columns if not any(v in c for v in VOLATILE)]]
 
 
+@pytest.mark.slow
 def test_kill_and_rerun_completes_like_an_uninterrupted_run(tmp_path):
-    grid = {"backbone": ["mobilenet_0.75"], "variant": ["elastic", "baseline"]}
-    profile = write_profile(tmp_path, "kill", grid)
+    profile = write_profile(tmp_path, "kill")
     clean, killed = tmp_path / "clean", tmp_path / "killed"
     out = run_batch(profile, clean)
     assert out.returncode == 0, out.stdout + out.stderr
-    first, second = (killed / "results" / "kill" / f"mobilenet_0.75__digits__{v}" for v in ("elastic", "baseline"))
+    first, second = (killed / "results" / "kill" / f"{BACKBONE}__digits__{v}" for v in ("elastic", "baseline"))
 
     proc = run_batch(profile, killed, "--no-aggregate", wait=False)
     deadline = time.time() + 600
@@ -106,8 +87,8 @@ def test_kill_and_rerun_completes_like_an_uninterrupted_run(tmp_path):
         time.sleep(0.5)
     assert results.is_done(str(first))
     while not (second / "params.yaml").exists() and time.time() < deadline:
-        time.sleep(0.2)
-    time.sleep(3)  # mid-run: kernel started, second run in flight
+        time.sleep(0.05)
+    # mid-run: the second run's kernel has started it (params.yaml is its first write)
     proc.send_signal(signal.SIGTERM)
     log = proc.communicate(timeout=120)[0]
     assert proc.returncode == 128 + signal.SIGTERM, log

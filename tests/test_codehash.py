@@ -165,3 +165,34 @@ def test_canonical_text_is_independent_of_the_python_version_s_empty_fields():
     assert text == ("FunctionDef(args=arguments(args=[arg(arg='x',annotation=Name(id='int'))],"
                     "defaults=[Constant(int:1)]),body=[Return(value=BinOp(left=Name(id='x'),op=Add(),"
                     "right=Constant(int:1)))],returns=Name(id='int'))")
+
+
+REG = '''
+class Entry:
+    def __init__(self, name, size):
+        self.name, self.size = name, size
+
+
+REGISTRY = {e.name: e for e in [
+    Entry("small", 8),
+    Entry("large", 32),
+]}
+CHOICES = ("a", "b")
+
+
+def get(name):
+    return REGISTRY[name]
+'''
+
+
+def test_an_entry_added_to_a_table_leaves_every_unit_but_a_changed_or_removed_entry_is_named():
+    base = pkg(reg=REG)
+    added = REG.replace('    Entry("large", 32),\n', '    Entry("large", 32),\n    Entry("huge", 64),\n')
+    assert changed(base, pkg(reg=added)) == []
+    assert changed(base, pkg(reg=REG.replace('("a", "b")', '("a", "b", "c")'))) == []
+    assert changed(base, pkg(reg=REG.replace('Entry("large", 32)', 'Entry("large", 33)'))) == ["reg:REGISTRY['large']"]
+    assert changed(base, pkg(reg=REG.replace('    Entry("small", 8),\n', ''))) == ["reg:REGISTRY['large']",
+                                                                                 "reg:REGISTRY['small']"]
+    assert changed(base, pkg(reg=REG.replace('("a", "b")', '("b", "a")'))) == ["reg:CHOICES[0]", "reg:CHOICES[1]"]
+    # how the table is built still counts
+    assert changed(base, pkg(reg=REG.replace("{e.name: e for e", "{e.name.upper(): e for e"))) == ["reg:REGISTRY"]

@@ -13,7 +13,7 @@ import yaml
 
 from elastic_lib import codehash, provenance, results
 from elastic_lib.config import NOTEBOOK, load_profile
-from test_batch import ROOT, TINY, run_batch, write_profile
+from tiny import BACKBONE, ROOT, TINY, run_batch, write_profile
 
 
 def test_notebook_hash_reads_code_cells_only(tmp_path):
@@ -41,11 +41,14 @@ def test_data_hash_is_the_sha256_of_the_data_file(tmp_path):
     assert provenance.data_hash("cifar10", str(tmp_path / "missing")) is None  # not found here: unchecked
 
 
+@pytest.mark.slow
 def test_a_run_is_todo_then_done_then_stale_and_rerun_stale_redoes_it(tmp_path, monkeypatch):
-    prof = write_profile(tmp_path, "fp", {"backbone": ["mobilenet_0.75"], "variant": ["baseline"]})
-    run_dir = tmp_path / "results" / "fp" / "mobilenet_0.75__digits__baseline"
+    grid = {"backbone": [BACKBONE], "variant": ["baseline"]}
+    prof = write_profile(tmp_path, "fp", grid)
+    name = f"{BACKBONE}__digits__baseline"
+    run_dir = tmp_path / "results" / "fp" / name
     listed = run_batch(prof, tmp_path, "--list")
-    assert listed.returncode == 0 and "mobilenet_0.75__digits__baseline\ttodo" in listed.stdout
+    assert listed.returncode == 0 and f"{name}\ttodo" in listed.stdout
     out = run_batch(prof, tmp_path, "--no-aggregate")
     assert out.returncode == 0, out.stdout + out.stderr
     fp = results.read_params_yaml(str(run_dir))["fingerprint"]
@@ -57,7 +60,7 @@ def test_a_run_is_todo_then_done_then_stale_and_rerun_stale_redoes_it(tmp_path, 
     assert fp["code"]["training:compile_model"] == " ".join(now["training:compile_model"][:2])
     assert fp["version"] == 2 and fp["notebook"] == provenance.notebook_hash()
     assert fp["data"] == provenance.data_hash("digits")
-    assert "mobilenet_0.75__digits__baseline\tdone" in run_batch(prof, tmp_path, "--list").stdout
+    assert f"{name}\tdone" in run_batch(prof, tmp_path, "--list").stdout
 
     # the library changes (a copy of it, edited): stale, naming the function
     lib = tmp_path / "elastic_lib"
@@ -70,22 +73,21 @@ def test_a_run_is_todo_then_done_then_stale_and_rerun_stale_redoes_it(tmp_path, 
     assert provenance.status(str(run_dir)) == ("done", [])
 
     # the profile changes a parameter: stale, naming it; a plain rerun keeps it, --rerun-stale redoes it
-    prof = write_profile(tmp_path, "fp", {"backbone": ["mobilenet_0.75"], "variant": ["baseline"]},
-                         defaults={"learning_rate": 0.02})
+    prof = write_profile(tmp_path, "fp", grid, defaults={"learning_rate": 0.02})
     listed = run_batch(prof, tmp_path, "--list")
-    assert "mobilenet_0.75__digits__baseline\tstale\tparameters: learning_rate" in listed.stdout, listed.stdout
+    assert f"{name}\tstale\tparameters: learning_rate" in listed.stdout, listed.stdout
     kept = run_batch(prof, tmp_path, "--no-aggregate")
-    assert kept.returncode == 0 and "keep mobilenet_0.75__digits__baseline: DONE but stale" in kept.stdout
+    assert kept.returncode == 0 and f"keep {name}: DONE but stale" in kept.stdout
     redo = run_batch(prof, tmp_path, "--no-aggregate", "--rerun-stale")
-    assert redo.returncode == 0 and "redo mobilenet_0.75__digits__baseline: stale" in redo.stdout, redo.stdout
+    assert redo.returncode == 0 and f"redo {name}: stale" in redo.stdout, redo.stdout
     assert results.read_params(str(run_dir))["learning_rate"] == 0.02
-    assert "mobilenet_0.75__digits__baseline\tdone" in run_batch(prof, tmp_path, "--list").stdout
+    assert f"{name}\tdone" in run_batch(prof, tmp_path, "--list").stdout
 
 
 def test_a_run_without_fingerprint_is_stale(tmp_path):
     d = tmp_path / "run"
     d.mkdir()
-    (d / "params.yaml").write_text(yaml.safe_dump({"parameters": {"backbone": "mobilenet_0.75", **TINY}}))
+    (d / "params.yaml").write_text(yaml.safe_dump({"parameters": {"backbone": BACKBONE, **TINY}}))
     (d / "DONE").write_text("ok\n")
     assert provenance.status(str(d))[0] == "stale" and "no fingerprint" in provenance.status(str(d))[1][0]
 
