@@ -1,29 +1,56 @@
 #!/usr/bin/env bash
-# Run the whole test suite: `pytest --nbval` from the root (unit tests + nbval over the two
-# template notebooks; settings in pyproject.toml) on ELASTIC_BACKEND (default tensorflow, .venv/),
-# then the compute-plane tests on every backend of ELASTIC_TEST_BACKENDS (default "jax"; "" for
-# none, "jax torch" for both), each in its own environment (.venv-jax/, .venv-torch/), which is
-# set up first: the cross-backend tests of the main run compare against them.
-# Extra arguments go to the main run's pytest; with arguments, the other backends' runs are skipped.
+# The test suite (docs/testing.md). Three tiers:
+#   ./run_tests.sh           every test but the deep tier: `pytest --nbval` from the root (unit tests,
+#                            the driver on tiny runs, both template notebooks) on ELASTIC_BACKEND (default
+#                            tensorflow, .venv/), then the tests that differ by backend on every backend
+#                            of ELASTIC_TEST_BACKENDS (default "jax"; "" for none, "jax torch" for both),
+#                            each in its own environment (.venv-jax/, .venv-torch/), set up first: the
+#                            cross-backend tests of the main run compare against them
+#   ./run_tests.sh --quick   the tests that train nothing, main backend only (the edit-test loop)
+#   ./run_tests.sh --deep    the default tier plus the deep one (long real training: 20 kill trials on
+#                            MobileNet runs, the smoke run under another ISA and on JAX); run it before
+#                            regenerating results
+# Other arguments go to the main run's pytest; with them, the other backends' runs are skipped.
+# Tests run on ELASTIC_TEST_WORKERS parallel workers (pytest-xdist; default: one per core, "0" for
+# none); a file's tests, and the tests sharing the tiny batch, stay on one worker (conftest.py).
+# Every run ends with its 25 slowest tests (pyproject.toml: --durations=25).
 set -euo pipefail
 cd "$(dirname "$0")"
+TIER=default
+if [ "${1:-}" = "--quick" ] || [ "${1:-}" = "--deep" ]; then TIER="${1#--}"; shift; fi
 MAIN="${ELASTIC_BACKEND:-tensorflow}"
 OTHERS=""
-for b in ${ELASTIC_TEST_BACKENDS-jax}; do [ "$b" = "$MAIN" ] || OTHERS="$OTHERS $b"; done
+if [ "$TIER" != quick ]; then
+  for b in ${ELASTIC_TEST_BACKENDS-jax}; do [ "$b" = "$MAIN" ] || OTHERS="$OTHERS $b"; done
+fi
+t0=$SECONDS
+(source scripts/env.sh)
 for b in $OTHERS; do ELASTIC_BACKEND="$b" bash -c 'source scripts/env.sh'; done
-# The compute plane on another backend: building, counting, training, evaluation, early exit.
-# PyTorch (a 190 MB CPU wheel) runs the registry builds and the backend tests only.
+echo "[tests] environments ready in $((SECONDS - t0)) s" >&2
+# The tests whose outcome depends on the Keras backend: building, training, evaluation, early exit,
+# resume. PyTorch (a 190 MB CPU wheel) runs the backend tests only.
 tests_for() {
   case "$1" in
-    torch) echo tests/test_backends.py tests/test_backbones.py ;;
-    *) echo tests/test_backends.py tests/test_backbones.py tests/test_complexity.py tests/test_heads.py \
-            tests/test_training.py tests/test_early_exit.py tests/test_metrics.py tests/test_efficientnet_cifar.py \
-            tests/test_inception_v4.py tests/test_refinery.py ;;
+    torch) echo tests/test_backends.py ;;
+    *) echo tests/test_backends.py tests/test_training.py tests/test_heads.py tests/test_early_exit.py \
+            tests/test_refinery.py tests/test_recipe.py ;;
   esac
 }
-(source scripts/env.sh && python -m pytest --nbval "$@")
+case "$TIER" in
+  quick) FLAGS=(--quick) ;;
+  deep) FLAGS=(--deep) ;;
+  *) FLAGS=() ;;
+esac
+WORKERS="${ELASTIC_TEST_WORKERS:-auto}"
+[ "$WORKERS" = 0 ] || FLAGS+=(-n "$WORKERS" --dist loadgroup)
+t1=$SECONDS
+(source scripts/env.sh && python -m pytest --nbval ${FLAGS[@]+"${FLAGS[@]}"} "$@")
+echo "[tests] $TIER tier on $MAIN: $((SECONDS - t1)) s" >&2
 [ $# -eq 0 ] || exit 0
 for b in $OTHERS; do
-  echo "[tests] the compute plane on $b" >&2
-  ELASTIC_BACKEND="$b" bash -c "source scripts/env.sh && python -m pytest $(tests_for "$b")"
+  t1=$SECONDS
+  echo "[tests] the backend-dependent tests on $b" >&2
+  ELASTIC_BACKEND="$b" bash -c "source scripts/env.sh && python -m pytest ${FLAGS[*]+${FLAGS[*]}} $(tests_for "$b")"
+  echo "[tests] $TIER tier on $b: $((SECONDS - t1)) s" >&2
 done
+echo "[tests] all: $((SECONDS - t0)) s" >&2

@@ -30,6 +30,8 @@ import re
 from dataclasses import dataclass, field
 
 MODULE = "<module>"
+NOTEBOOK_MODULE = "__notebook__"  # the notebook's code cells, hashed as a module of the package
+_MOD = re.compile(r"mod\(([^()]*)\)")
 _REF = re.compile("\x00([^\x00]*)\x00")
 HASH_CHARS = 16  # 64 bits per unit: no collision to fear among a few thousand units
 
@@ -420,16 +422,24 @@ def _unit_text(pkg: Package, unit: Unit, ref) -> str:
     return text
 
 
-def package_hashes(sources: dict[str, str], opaque=()) -> dict[str, tuple[str, str, tuple]]:
-    """``{unit key: (hash, shallow hash, keys of the units it uses)}`` for every unit of the package's
-    sources. A unit of an ``opaque`` module is named, not hashed, where another unit uses it (its code
-    does not count)."""
+def package_hashes(sources: dict[str, str], opaque=()) -> dict[str, tuple[str, str, tuple, tuple]]:
+    """``{unit key: (hash, shallow hash, keys of the units it uses, keys of the units it can reach in
+    one step)}`` for every unit of the package's sources. ``opaque``: module names and unit keys
+    whose units are named, not hashed, where another unit uses them (their code does not count,
+    and reaching stops there). One step reaches what a unit uses, a table's entries, and every unit
+    of a library module it holds as an object."""
     pkg = Package(sources)
-    for u in pkg.units.values():
-        u.opaque = u.module in opaque
+    for k, u in pkg.units.items():
+        u.opaque = u.module in opaque or k in opaque or k.partition("[")[0] in opaque
     # each unit written once, library references left as markers to fill in per hash
     template = {k: _unit_text(pkg, u, lambda key: f"\x00{key}\x00") for k, u in pkg.units.items()}
     graph = {k: sorted(set(_REF.findall(t))) for k, t in template.items()}
+    by_module: dict[str, list[str]] = {}
+    for k, u in pkg.units.items():
+        by_module.setdefault(u.module, []).append(k)
+    reach = {k: sorted({*graph[k], *(e for e in pkg.units if e.startswith(k + "[")),
+                        *(e for m in _MOD.findall(template[k]) for e in by_module.get(m, ()))})
+             for k in pkg.units}
 
     def fill(key, ref):
         return _REF.sub(lambda m: ref(m.group(1)), template[key])
@@ -446,7 +456,39 @@ def package_hashes(sources: dict[str, str], opaque=()) -> dict[str, tuple[str, s
         group = ",".join(sorted(shape.values()))
         for k in comp:
             deep[k] = _h(fill(k, lambda key: f"scc:{shape[key]}" if key in members else deep[key]) + "\ngroup=" + group)
-    return {k: (deep[k], shallow[k], tuple(graph[k])) for k in pkg.units}
+    return {k: (deep[k], shallow[k], tuple(graph[k]), tuple(reach[k]), pkg.units[k].opaque,
+                _is_root(pkg.units[k])) for k in pkg.units}
+
+
+def _is_root(unit: Unit) -> bool:
+    """Code an import runs by itself: a module's own statements, and decorated definitions (a
+    decorator may register them, to be found by name)."""
+    node = unit.nodes[0]
+    return unit.kind == "module" or bool(getattr(node, "decorator_list", None)) and unit.kind != "method"
+
+
+def reachable(hashes: dict[str, tuple], roots, modules=None) -> set[str]:
+    """The units ``roots`` can reach (opaque units are not entered), within ``modules`` if given:
+    what a run can execute."""
+    seen, todo = set(), [r for r in roots if r in hashes]
+    while todo:
+        k = todo.pop()
+        if k in seen or hashes[k][4]:
+            continue
+        seen.add(k)
+        todo.extend(t for t in hashes[k][3] if t not in seen)
+    return {k for k in seen if modules is None or k.partition(":")[0] in modules}
+
+
+def run_units(hashes: dict[str, tuple], modules, entry: str = NOTEBOOK_MODULE) -> dict[str, str]:
+    """The recorded form of what a run can execute: every unit reachable from the ``entry``
+    pseudo-module's units (the notebook's code) and from the code the import of ``modules`` runs
+    (their own statements, decorated definitions), within ``modules``: ``{unit key: "hash shallow"}``."""
+    modules = set(modules)
+    roots = [k for k, v in hashes.items() if k.partition(":")[0] == entry
+             or (k.partition(":")[0] in modules and v[5])]
+    keep = reachable(hashes, roots, modules)
+    return {k: f"{v[0]} {v[1]}" for k, v in sorted(hashes.items()) if k in keep}
 
 
 def module_units(hashes: dict[str, tuple], modules) -> dict[str, str]:

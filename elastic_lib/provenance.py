@@ -24,6 +24,7 @@ Light: no TensorFlow import (the driver's ``--list`` uses it).
 """
 from __future__ import annotations
 
+import ast
 import hashlib
 import importlib.util
 import json
@@ -38,6 +39,9 @@ LIB = os.path.join(ROOT, "elastic_lib")
 PARTS = ("code", "notebook", "parameters", "data")
 VERSION = 2
 NOT_RECORDED = ("codehash", "provenance")  # they make the fingerprint; their tests guard them
+# What a run writes about its machine (CPU, oneDNN ISA, devices), not what it computes: named, not
+# hashed, so that a better description of a CPU leaves runs current (tests/test_reproducibility.py)
+OPAQUE = (*NOT_RECORDED, "reproducibility:machine_info", "reproducibility:machine_label")
 _data_cache: dict[tuple, str] = {}
 _code_cache: dict[tuple, dict] = {}
 
@@ -94,7 +98,7 @@ def library_hashes(lib: str | None = None) -> dict[str, tuple[str, str]]:
     key = (lib, tuple(sorted(stats)))
     if key not in _code_cache:
         _code_cache.clear()
-        _code_cache[key] = codehash.package_hashes(codehash.read_package(lib), NOT_RECORDED)
+        _code_cache[key] = codehash.package_hashes(codehash.read_package(lib), OPAQUE)
     return _code_cache[key]
 
 
@@ -162,12 +166,32 @@ def data_hash(dataset: str, data_dir: str = "") -> str | None:
     return None if src is None else hash_path(src)
 
 
+def _notebook_module(text: str) -> str:
+    """The notebook's code cells as one module (cells that are not plain Python, magics, left out)."""
+    cells = []
+    for src in _code_cells(text):
+        try:
+            ast.parse(src)
+        except SyntaxError:
+            continue
+        cells.append(src)
+    return "\n".join(cells)
+
+
+def run_code(sources: dict[str, str], notebook_text: str, modules) -> dict:
+    """The code part of a fingerprint: every unit the notebook's code and the import of ``modules``
+    can reach within ``modules`` (codehash.run_units), hashed."""
+    hashes = codehash.package_hashes({**sources, codehash.NOTEBOOK_MODULE: _notebook_module(notebook_text)}, OPAQUE)
+    return codehash.run_units(hashes, [m for m in modules if m not in NOT_RECORDED])
+
+
 def code_hashes(modules: list[str] | None = None, notebook: str | None = None) -> dict:
-    """Code and notebook part of a fingerprint, as the files are now: every unit of ``modules``
-    (default: the library modules this process imported, but ``NOT_RECORDED``)."""
+    """Code and notebook part of a fingerprint, as the files are now: what the notebook can reach
+    in ``modules`` (default: the library modules this process imported)."""
     names = loaded_modules() if modules is None else modules
-    names = [m for m in names if m not in NOT_RECORDED]
-    return {"code": codehash.module_units(library_hashes(), names), "notebook": notebook_hash(notebook)}
+    with open(notebook or NOTEBOOK) as f:
+        text = f.read()
+    return {"code": run_code(codehash.read_package(LIB), text, names), "notebook": notebook_hash(text=text)}
 
 
 def fingerprint(cfg: RunConfig, code: dict | None = None) -> dict:
@@ -310,9 +334,7 @@ def upgrade(run_dir: str) -> str:
     if mismatched:
         raise ValueError(f"{run_dir}: made by other code than commit {commit[:7]} ({', '.join(mismatched)}); "
                          "rerun it")
-    hashes = codehash.package_hashes(_package_at(commit), NOT_RECORDED)
-    modules = [m for m in rec["library"] if m not in NOT_RECORDED]
-    new = {"version": VERSION, "code": codehash.module_units(hashes, modules),
+    new = {"version": VERSION, "code": run_code(_package_at(commit), nb, rec["library"]),
            "notebook": notebook_hash(text=nb), "upgraded_from": f"version 1 checked against {commit}",
            **{k: v for k, v in rec.items() if k not in ("library", "notebook")}}
     doc["fingerprint"] = new

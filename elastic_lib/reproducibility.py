@@ -63,7 +63,10 @@ ISA_LADDER = [
     ("AVX10_1_512", {"avx512_fp16"}, "Intel AVX-512 with float16, Intel DL Boost and bfloat16 support"),
     ("AVX512_CORE_AMX", {"amx_tile", "amx_int8", "amx_bf16"},
      "Intel AVX-512 with Intel DL Boost and bfloat16 support and Intel AMX with bfloat16 and 8-bit integer support"),
-    ("AVX10_1_512_AMX_FP16", {"amx_fp16", "avx512_fp16"},
+    ("AVX10_1_512_AMX", {"avx512_fp16"},  # Sapphire Rapids: AMX and AVX-512 float16 (oneDNN's avx10_1_512_amx)
+     "Intel AVX-512 with float16, Intel DL Boost and bfloat16 support and Intel AMX with bfloat16 and 8-bit integer "
+     "support"),
+    ("AVX10_1_512_AMX_FP16", {"amx_fp16"},
      "Intel AVX-512 with float16, Intel DL Boost and bfloat16 support and Intel AMX with bfloat16, float16 "
      "and 8-bit integer support"),
 ]

@@ -11,6 +11,10 @@ tolerances of the regression tests.
 
 Latency is switched off (timings are not compared). Rows are appended per finished run and
 finished (run, cap, seed) combinations are skipped, so an interrupted measurement resumes.
+
+On another machine than the one that made the committed runs, ``--label NAME`` records its rows as
+``NAME:host``, ``NAME:AVX2``, ...: the tolerances then cover that machine's deviation from the
+committed host too (``host`` stays the reference machine's own kernels).
 """
 from __future__ import annotations
 
@@ -51,6 +55,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", default="1,2", help="extra seeds, trained with host kernels")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a run parameter (YAML value), e.g. --set phase2_epochs=20")
+    ap.add_argument("--label", default="", help="another machine than the reference: its rows' isa_cap is LABEL:cap")
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
     overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in a.set)}
@@ -62,17 +67,18 @@ def main(argv=None) -> int:
     jobs = [(r, c, r.seed) for r in runs for c in caps] + [(r, "host", s) for r in runs for s in seeds]
     for i, (cfg, cap, seed) in enumerate(jobs, 1):
         run = cfg.run_id()
-        if (run, cap, seed) in have:
+        label = f"{a.label}:{cap}" if a.label else cap
+        if (run, label, seed) in have:
             continue
         t0 = time.perf_counter()
         params = {**cfg.to_dict(), **overrides, "seed": seed, "latency_repeats": 0}  # timings are not compared
         run_dir = run_in_subprocess(params, tempfile.mkdtemp(prefix="spread_"), None if cap == "host" else cap)
-        rows = rows_of(run_dir, run, cap, seed)
+        rows = rows_of(run_dir, run, label, seed)
         header = not os.path.isfile(a.out)
         os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
         rows.to_csv(a.out, mode="a", header=header, index=False, float_format="%.6g")
         final = rows[rows["output"] == "final"].iloc[0]
-        print(f"[{i}/{len(jobs)}] {run} cap={cap} seed={seed}: final top-1 err {final['top1_err_pct']:.2f}%, "
+        print(f"[{i}/{len(jobs)}] {run} cap={label} seed={seed}: final top-1 err {final['top1_err_pct']:.2f}%, "
               f"{final['epochs_run']} epochs, {time.perf_counter() - t0:.0f}s", flush=True)
     return 0
 

@@ -23,6 +23,23 @@ def shared_data() -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_batch(tmp_path_factory):
+    """The tiny profile (``tests/tiny.py``: tiny_cnn elastic and baseline) run once by the real driver,
+    aggregation included: (profile file, the root holding results/ and figures/, seconds it took).
+    Shared read-only: tests copy it or compare their own batches of the same profile with it."""
+    import time
+
+    from tiny import run_batch, write_profile
+
+    folder = tmp_path_factory.mktemp("tiny_batch")
+    profile = write_profile(folder, "tiny")
+    t0 = time.monotonic()
+    out = run_batch(profile, folder)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return profile, folder, time.monotonic() - t0
+
+
+@pytest.fixture(scope="session")
 def mobilenet_elastic():
     """MobileNet-0.75 with every default exit, 32x32 input, 10 classes, briefly trained (plain
     Keras fit, 2 epochs on 256 digits) so that its exits' confidences differ. Shared read-only:

@@ -74,12 +74,10 @@ def _table(root, profile):
 
 
 @pytest.mark.slow
-def test_kill_and_rerun_completes_like_an_uninterrupted_run(tmp_path):
-    profile = write_profile(tmp_path, "kill")
-    clean, killed = tmp_path / "clean", tmp_path / "killed"
-    out = run_batch(profile, clean)
-    assert out.returncode == 0, out.stdout + out.stderr
-    first, second = (killed / "results" / "kill" / f"{BACKBONE}__digits__{v}" for v in ("elastic", "baseline"))
+def test_kill_and_rerun_completes_like_an_uninterrupted_run(tmp_path, tiny_batch):
+    profile, clean, _ = tiny_batch  # the uninterrupted batch
+    killed = tmp_path / "killed"
+    first, second = (killed / "results" / "tiny" / f"{BACKBONE}__digits__{v}" for v in ("elastic", "baseline"))
 
     proc = run_batch(profile, killed, "--no-aggregate", wait=False)
     deadline = time.time() + 600
@@ -101,7 +99,7 @@ def test_kill_and_rerun_completes_like_an_uninterrupted_run(tmp_path):
         for name in ("exits.csv", "history.csv", "per_class.csv", "summary.csv"):
             df = pd.read_csv(run / name)
             assert not df.duplicated().any(), f"duplicated rows in {run.name}/{name}"
-            ref = pd.read_csv(clean / "results" / "kill" / run.name / name)
+            ref = pd.read_csv(clean / "results" / "tiny" / run.name / name)
             assert len(df) == len(ref)
     # a run killed after an epoch was committed resumes from there (README, "Long runs survive"): complete and
     # continuous, but its later epochs draw other shuffles; a run redone from scratch equals the clean one exactly
@@ -109,11 +107,11 @@ def test_kill_and_rerun_completes_like_an_uninterrupted_run(tmp_path):
     if resumed:
         hist = pd.read_csv(second / "history.csv")
         assert list(hist["epoch"]) == list(range(1, len(hist) + 1))
-        t_clean, t_killed = _table(clean, "kill"), _table(killed, "kill")
+        t_clean, t_killed = _table(clean, "tiny"), _table(killed, "tiny")
         keep = t_clean["variant"] != "baseline"
         pd.testing.assert_frame_equal(t_clean[keep], t_killed[keep])
     else:
-        pd.testing.assert_frame_equal(_table(clean, "kill"), _table(killed, "kill"))
+        pd.testing.assert_frame_equal(_table(clean, "tiny"), _table(killed, "tiny"))
     assert not list(killed.rglob(".tmp_*"))
 
 

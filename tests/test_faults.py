@@ -1,14 +1,15 @@
 """Faults at any point lose nothing and leave nothing running.
 
-A tiny profile (MobileNet-0.75 on 100 digits, elastic and baseline, one epoch per phase, no
-latency) is run by the real driver (``python -m elastic_lib.batch``) in its own session, and
-killed: the driver by SIGKILL (nothing of it may survive), the notebook kernel by SIGKILL (as
-the out-of-memory killer does), at seeded random moments, followed by a rerun. After every
-trial: every run marked DONE is complete and consistent, and the rerun finishes the batch;
-at the end the aggregation equals that of an uninterrupted batch. Disk-full and lock faults
-are injected directly.
+The tiny profile (``tests/tiny.py``: tiny_cnn on 100 digits, elastic and baseline, one epoch per
+phase, no latency) is run by the real driver (``python -m elastic_lib.batch``) in its own session,
+and killed: the driver by SIGKILL (nothing of it may survive), the notebook kernel by SIGKILL (as
+the out-of-memory killer does), at seeded random moments, followed by a rerun. After every trial:
+every run marked DONE is complete and consistent, and the rerun finishes the batch; at the end the
+aggregation equals that of an uninterrupted batch. Disk-full and lock faults are injected directly.
 
-ELASTIC_FAULT_TRIALS (default 20) and ELASTIC_FAULT_SEED (default 0) set the trials.
+The default tier runs ELASTIC_FAULT_TRIALS (default 3) trials on the tiny runs; the deep tier
+(``./run_tests.sh --deep``) 20 more on MobileNet-0.75 runs, whose kernels spend their time in
+real training. ELASTIC_FAULT_SEED (default 0) seeds both.
 """
 import json
 import os
@@ -23,29 +24,32 @@ import psutil
 import pytest
 import yaml
 
-from elastic_lib.config import ROOT
+from tiny import ROOT, RUNS, TINY, batch_cmd
 
 pytestmark = pytest.mark.slow
-TINY = {"description": "fault-injection test profile",
-        "defaults": {"dataset": "digits", "image_size": 32, "limit_per_class": 10, "test_limit_per_class": 5,
-                     "phase1_epochs": 1, "phase2_epochs": 1, "batch_size": 32, "latency_repeats": 0},
-        "grid": {"backbone": ["mobilenet_0.75"], "variant": ["elastic", "baseline"], "seed": [0]}}
-RUNS = ["mobilenet_0.75__digits__elastic", "mobilenet_0.75__digits__baseline"]
+PROFILE = "tiny"  # the shared tiny_batch's profile
+# the deep tier's runs: MobileNet-0.75 at 32x32, whose kernels spend most of their time training
+REAL = {"backbone": "mobilenet_0.75", "image_size": 32, "batch_size": 32, "test_limit_per_class": 5}
+REAL_RUNS = ["mobilenet_0.75__digits__elastic", "mobilenet_0.75__digits__baseline"]
+
+
+def _profile(folder, defaults) -> str:
+    path = folder / f"{PROFILE}.yaml"
+    backbone = defaults.pop("backbone")
+    path.write_text(yaml.safe_dump({"description": "fault-injection test profile", "defaults": defaults,
+                                    "grid": {"backbone": [backbone], "variant": ["elastic", "baseline"], "seed": [0]}}))
+    return str(path)
 
 
 @pytest.fixture(scope="module")
-def profile(tmp_path_factory):
-    path = tmp_path_factory.mktemp("profile") / "faults.yaml"
-    path.write_text(yaml.safe_dump(TINY))
-    return str(path)
+def profile(tiny_batch):
+    return tiny_batch[0]
 
 
 def start(profile, root, *extra, env=None):
     """The batch driver in its own session (a signal to it cannot reach pytest)."""
-    cmd = [sys.executable, "-m", "elastic_lib.batch", "--profile", profile, "--results-root", str(root / "results"),
-           "--figures-root", str(root / "figures"), *extra]
-    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True, env={**os.environ, **(env or {})})
+    return subprocess.Popen(batch_cmd(profile, root, *extra), cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True, env={**os.environ, **(env or {})})
 
 
 def run(profile, root, *extra, env=None, timeout=600):
@@ -87,13 +91,13 @@ def wait_until(predicate, timeout: float, step: float = 0.1):
 
 
 def run_dir(root, name):
-    return root / "results" / "faults" / name
+    return root / "results" / PROFILE / name
 
 
-def check_done_runs_are_complete(root) -> int:
+def check_done_runs_are_complete(root, runs=RUNS) -> int:
     """Every run marked DONE: complete, parseable, mutually consistent files; returns how many."""
     done = 0
-    for name in RUNS:
+    for name in runs:
         d = run_dir(root, name)
         if not (d / "DONE").exists():
             continue
@@ -111,28 +115,34 @@ def check_done_runs_are_complete(root) -> int:
     return done
 
 
-def check_all_done(root, out):
-    assert check_done_runs_are_complete(root) == len(RUNS), out[-3000:]
-    assert (root / "results" / "faults" / "table_error_flops.csv").exists(), out[-3000:]
+def check_all_done(root, out, runs=RUNS):
+    assert check_done_runs_are_complete(root, runs) == len(runs), out[-3000:]
+    assert (root / "results" / PROFILE / "table_error_flops.csv").exists(), out[-3000:]
 
 
-@pytest.fixture(scope="module")
-def reference(profile, tmp_path_factory):
+def _reference(profile, root, runs=RUNS):
     """An uninterrupted batch: its tables, and how long it takes (the window for kill moments)."""
-    root = tmp_path_factory.mktemp("reference")
     t0 = time.monotonic()
     code, out = run(profile, root)
     assert code == 0, out[-3000:]
-    check_all_done(root, out)
+    check_all_done(root, out, runs)
     return root, time.monotonic() - t0
 
 
-def same_results(root, ref_root):
+@pytest.fixture(scope="module")
+def reference(tiny_batch):
+    """The uninterrupted tiny batch, and how long it took (the window for kill moments)."""
+    _, root, seconds = tiny_batch
+    check_all_done(root, "")
+    return root, seconds
+
+
+def same_results(root, ref_root, runs=RUNS):
     """A rerun from scratch equals the uninterrupted reference exactly. A run resumed from its
     last finished epoch (summary.csv ``resumed_from``) is complete and continuous instead: after
     the resume point its data order and dropout draws differ from an uninterrupted run's."""
     resumed = []
-    for name in RUNS:
+    for name in runs:
         summary = pd.read_csv(run_dir(root, name) / "summary.csv", keep_default_na=False).iloc[0]
         if summary["resumed_from"]:
             history = pd.read_csv(run_dir(root, name) / "history.csv")
@@ -144,7 +154,7 @@ def same_results(root, ref_root):
     if resumed:
         return resumed
     for table in ("table_error_flops_long.csv", "table_error_flops.csv", "table_error_flops.md"):
-        assert (root / "results" / "faults" / table).read_text() == (ref_root / "results" / "faults" / table).read_text()
+        assert (root / "results" / PROFILE / table).read_text() == (ref_root / "results" / PROFILE / table).read_text()
     return resumed
 
 
@@ -166,10 +176,9 @@ def test_sigkill_of_the_driver_leaves_no_process_behind(profile, reference, tmp_
 
 
 # ---------------------------------------------------------------- seeded fault injection
-def test_random_sigkills_of_driver_or_kernel_lose_nothing(profile, reference, tmp_path):
-    ref_root, window = reference
-    trials = int(os.environ.get("ELASTIC_FAULT_TRIALS", "20"))
-    seed = int(os.environ.get("ELASTIC_FAULT_SEED", "0"))
+def random_kill_trials(profile, ref_root, window, tmp_path, trials, seed, runs=RUNS):
+    """``trials`` seeded SIGKILLs of the driver or of the kernel at a random moment of a batch (training,
+    evaluation, writing, aggregation, between runs), each followed by a rerun."""
     record = []
     for k in range(trials):
         rng = random.Random(seed + k)
@@ -188,14 +197,14 @@ def test_random_sigkills_of_driver_or_kernel_lose_nothing(profile, reference, tm
         if target == "driver" and victim is not None:
             left = wait_until(lambda: not alive(tracked), 10) or alive(tracked)
             assert left is True, f"trial {k}: left running {[tracked[p] for p in left]}"
-        done_after_kill = check_done_runs_are_complete(tmp_path)
+        done_after_kill = check_done_runs_are_complete(tmp_path, runs)
         code, rerun_out = run(profile, tmp_path)
         assert code == 0, f"trial {k}: rerun failed\n{rerun_out[-3000:]}"
-        check_all_done(tmp_path, rerun_out)
+        check_all_done(tmp_path, rerun_out, runs)
         record.append({"trial": k, "seed": seed + k, "target": target, "delay_s": round(delay, 2),
                        "killed": victim is not None, "exit_code": proc.returncode, "done_after_kill": done_after_kill,
                        "failed_line": next((ln for ln in out.splitlines() if "FAILED" in ln), "")})
-    same_results(tmp_path, ref_root)
+    same_results(tmp_path, ref_root, runs)
     table = pd.DataFrame(record)
     print("\n" + table.to_string(index=False))
     assert table["killed"].sum() >= trials // 2, "most trials should kill something"
@@ -203,41 +212,59 @@ def test_random_sigkills_of_driver_or_kernel_lose_nothing(profile, reference, tm
     assert (kernel_kills["exit_code"] == 1).all()  # the batch says a run failed
 
 
+def test_random_sigkills_of_driver_or_kernel_lose_nothing(profile, reference, tmp_path):
+    ref_root, window = reference
+    random_kill_trials(profile, ref_root, window, tmp_path, int(os.environ.get("ELASTIC_FAULT_TRIALS", "3")),
+                       int(os.environ.get("ELASTIC_FAULT_SEED", "0")))
+
+
+@pytest.mark.deep
+def test_random_sigkills_during_real_training_lose_nothing(tmp_path):
+    """The deep tier: 20 trials on MobileNet-0.75 runs, whose kernels spend their time in training."""
+    folder = tmp_path / "profile"
+    folder.mkdir()
+    profile = _profile(folder, {**TINY, **REAL})
+    ref_root, window = _reference(profile, tmp_path / "reference", REAL_RUNS)
+    random_kill_trials(profile, ref_root, window, tmp_path / "trials", 20,
+                       int(os.environ.get("ELASTIC_FAULT_SEED", "0")), REAL_RUNS)
+
+
 # ---------------------------------------------------------------- disk full, out of memory
 def test_disk_full_in_the_notebook_marks_the_run_failed_with_its_cause(profile, tmp_path):
-    code, out = run(profile, tmp_path, "--only", "mobilenet_0.75__digits__baseline", "--no-aggregate",
+    code, out = run(profile, tmp_path, "--only", RUNS[1], "--no-aggregate",
                     env={"ELASTIC_FAILPOINT_ENOSPC": "exits.csv"})
     assert code == 1
-    assert "mobilenet_0.75__digits__baseline: no space left on device" in out, out[-2000:]
-    d = run_dir(tmp_path, "mobilenet_0.75__digits__baseline")
+    assert f"{RUNS[1]}: no space left on device" in out, out[-2000:]
+    d = run_dir(tmp_path, RUNS[1])
     assert not (d / "DONE").exists() and (d / "FAILED").read_text().startswith("no space left on device")
 
 
 def test_disk_full_in_the_driver_marks_nothing_done(profile, tmp_path):
     """The driver's own last writes (the DONE marker) fail: the run is not marked DONE."""
-    code, out = run(profile, tmp_path, "--only", "mobilenet_0.75__digits__baseline", "--no-aggregate",
+    code, out = run(profile, tmp_path, "--only", RUNS[1], "--no-aggregate",
                     env={"ELASTIC_FAILPOINT_ENOSPC": "DONE"})
     assert code == 1 and "no space left on device (while the driver wrote" in out, out[-2000:]
-    assert not (run_dir(tmp_path, "mobilenet_0.75__digits__baseline") / "DONE").exists()
+    assert not (run_dir(tmp_path, RUNS[1]) / "DONE").exists()
 
 
 def test_a_real_full_filesystem(profile, tmp_path):
-    """A 3 MiB tmpfs as the results root (root only): the run fails on ENOSPC, nothing is DONE."""
+    """A 256 KiB tmpfs as the results root (root only; a tiny elastic run writes about 1 MiB): the
+    run fails on ENOSPC, nothing is DONE."""
     mnt = tmp_path / "small"
     mnt.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)],
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)],
                                            capture_output=True).returncode != 0:
         pytest.skip("mounting a small tmpfs needs root; the injected ENOSPC tests above cover the logic")
     try:
-        code, out = run(profile, mnt, "--only", "mobilenet_0.75__digits__elastic", "--no-aggregate")
+        code, out = run(profile, mnt, "--only", RUNS[0], "--no-aggregate")
         assert code == 1 and "no space left on device" in out, out[-2000:]
-        assert not (run_dir(mnt, "mobilenet_0.75__digits__elastic") / "DONE").exists()
+        assert not (run_dir(mnt, RUNS[0]) / "DONE").exists()
     finally:
         subprocess.run(["umount", str(mnt)], check=False)
 
 
 def test_kernel_killed_like_the_oom_killer_names_the_cause(profile, tmp_path):
-    proc = start(profile, tmp_path, "--only", "mobilenet_0.75__digits__elastic", "--no-aggregate")
+    proc = start(profile, tmp_path, "--only", RUNS[0], "--no-aggregate")
     kernel = wait_until(lambda: kernels(descendants(proc.pid)), 120)
     assert kernel, "no kernel started"
     time.sleep(1.0)
@@ -245,5 +272,5 @@ def test_kernel_killed_like_the_oom_killer_names_the_cause(profile, tmp_path):
     out = proc.communicate(timeout=300)[0]
     assert proc.returncode == 1
     assert "kernel killed by signal 9 (SIGKILL), probably out of memory" in out, out[-2000:]
-    d = run_dir(tmp_path, "mobilenet_0.75__digits__elastic")
+    d = run_dir(tmp_path, RUNS[0])
     assert not (d / "DONE").exists() and "kernel killed by signal 9" in (d / "FAILED").read_text()

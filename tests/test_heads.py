@@ -71,14 +71,17 @@ def test_self_distillation_leaves_the_final_head_free_of_its_gradient():
     assert not model.losses  # inference adds no distillation term
 
 
+@pytest.mark.slow
 def test_a_self_distillation_run_adds_the_distillation_term_to_the_training_loss(tmp_path):
     """Run option ``self_distillation``: the trained loss is the outputs' cross-entropies plus a
     positive distillation term; the saved model has no distillation layer; a baseline refuses it."""
     from elastic_lib import experiment
     from elastic_lib.config import ConfigError, RunConfig
 
-    tiny = dict(backbone="mobilenet_0.75", dataset="digits", image_size=32, limit_per_class=6, test_limit_per_class=3,
-                phase1_epochs=1, phase2_epochs=0, batch_size=16, latency_repeats=0, head="am_softmax")
+    from tiny import BACKBONE, TINY
+
+    tiny = {**TINY, "backbone": BACKBONE, "limit_per_class": 6, "test_limit_per_class": 3, "phase2_epochs": 0,
+            "head": "am_softmax"}
     exp = experiment.run({**tiny, "self_distillation": True, "distill_weight": 5.0, "output_dir": str(tmp_path)})
     row = exp.history.iloc[0]
     per_output = sum(row[f"{name}_loss"] for name in exp.exits["output"])  # uniform loss weights: 1 each

@@ -13,7 +13,7 @@ from elastic_lib.config import ROOT, RunConfig, load_profile
 from elastic_lib.data import load_dataset, make_pipeline
 from elastic_lib.reproducibility import set_determinism
 
-BACKBONE, SIZE, BATCH = "mobilenet_0.75", 32, 16
+BACKBONE, SIZE, BATCH = "tiny_cnn", 16, 16
 
 
 @pytest.fixture(scope="module")
@@ -26,6 +26,7 @@ def _bn_state(model):
             if isinstance(l, keras.layers.BatchNormalization)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("frozen_bn", ["inference", "batch_stats"])
 def test_phase1_frozen_batchnorm_semantics(digits, frozen_bn):
     """Phase 1 never changes a backbone BatchNorm (moving statistics, gamma, beta), in both
@@ -53,6 +54,7 @@ def test_phase1_frozen_batchnorm_semantics(digits, frozen_bn):
     assert all(l.trainable and l.gamma.trainable and l.momentum == 0.99 for l in bns)
 
 
+@pytest.mark.slow
 def test_phase_momenta_and_callback_options(digits):
     set_determinism(0)
     model = build_elastic_model(BACKBONE, 10, SIZE, exits="none")
@@ -144,6 +146,7 @@ RESUME = dict(backbone=BACKBONE, dataset="digits", image_size=SIZE, limit_per_cl
               phase1_epochs=2, phase2_epochs=4, batch_size=BATCH, latency_repeats=0, reduce_lr_patience=1)
 
 
+@pytest.mark.slow
 def test_an_interrupted_run_resumes_at_its_last_finished_epoch(tmp_path, monkeypatch):
     """Killed at the end of phase-2 epoch 3 (before that epoch's checkpoint), the rerun trains
     phase-2 epochs 3 and 4 only; phase 1 is not redone; history.csv is continuous."""
@@ -177,12 +180,13 @@ def test_an_interrupted_run_resumes_at_its_last_finished_epoch(tmp_path, monkeyp
     assert list(hist["phase_epoch"]) == [1, 2, 1, 2, 3, 4]
     # the epochs trained before the interruption are the ones kept, not retrained
     np.testing.assert_allclose(hist[hist["phase"] == 2]["loss"].to_numpy()[:2], kept["loss"].to_numpy(), rtol=1e-5)
-    assert len(pd.read_csv(f"{out}/test_history.csv")) == 4 * 14  # every output after each phase-2 epoch
+    assert len(pd.read_csv(f"{out}/test_history.csv")) == 4 * 4  # every output (3 exits, final) after each phase-2 epoch
     summary = pd.read_csv(f"{out}/summary.csv", keep_default_na=False).iloc[0]
     assert summary["resumed_from"] == "phase1 finished; phase2 at epoch 2" and summary["epochs_run"] == 6
     assert not (tmp_path / "run" / "resume").exists() and (tmp_path / "run" / "DONE").exists()
 
 
+@pytest.mark.slow
 def test_a_run_interrupted_in_phase_1_trains_every_phase_2_epoch(tmp_path, monkeypatch):
     """Killed after phase-1 epoch 2 was committed, the rerun trains phase-1 epoch 3 and then all of
     phase 2 from its first epoch (Keras keeps a resumed ``_initial_epoch`` on the model; phase 2
@@ -222,6 +226,7 @@ def test_resume_state_of_other_parameters_is_discarded(tmp_path, monkeypatch):
     assert exp.resumed == "" and not (tmp_path / "run" / "resume" / "phase1_history.csv").exists()
 
 
+@pytest.mark.slow
 def test_sigterm_in_phase_2_then_rerun_goes_on_from_there(tmp_path):
     """The real driver (./run_all.sh): SIGTERM while a run is in phase 2; the rerun does not redo
     earlier epochs (its notebook says where it resumed), history.csv is continuous, and while
@@ -236,7 +241,8 @@ def test_sigterm_in_phase_2_then_rerun_goes_on_from_there(tmp_path):
 
     root = tmp_path / "results"
     prof = tmp_path / "resume.yaml"
-    defaults = {k: v for k, v in RESUME.items() if k != "backbone"} | {"phase2_epochs": 30,
+    # 320 training images: phase-2 epochs long enough (a few tenths of a second) to interrupt one
+    defaults = {k: v for k, v in RESUME.items() if k != "backbone"} | {"phase2_epochs": 30, "limit_per_class": 40,
                                                                         "early_stopping_patience": 30}
     prof.write_text(yaml.safe_dump({"defaults": defaults, "grid": {"backbone": [BACKBONE], "variant": ["elastic"]}}))
     run_dir = root / "resume" / f"{BACKBONE}__digits__elastic"

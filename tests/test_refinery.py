@@ -4,9 +4,11 @@ import pytest
 
 from elastic_lib import experiment, refinery
 from elastic_lib.config import ConfigError, RunConfig
+from tiny import BACKBONE
+from tiny import TINY as _TINY
 
-TINY = dict(backbone="mobilenet_0.75", dataset="digits", image_size=32, limit_per_class=6, test_limit_per_class=3,
-            phase1_epochs=1, phase2_epochs=1, batch_size=16, latency_repeats=0)
+pytestmark = pytest.mark.slow  # the teacher is a trained run
+TINY = {**_TINY, "backbone": BACKBONE, "limit_per_class": 6, "test_limit_per_class": 3}
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +33,7 @@ def test_targets_are_the_named_output_of_the_refinery_run(teacher):
 def test_a_refinery_of_another_task_is_refused(teacher, tmp_path):
     out, exp = teacher
     n = exp.splits.num_classes
-    with pytest.raises(ConfigError, match="image_size: refinery 32, this run 64"):
+    with pytest.raises(ConfigError, match="image_size: refinery 16, this run 64"):
         refinery.check_refinery(out, RunConfig(**{**TINY, "image_size": 64}), n)
     with pytest.raises(ConfigError, match="dataset: refinery 'digits', this run 'cifar10'"):
         refinery.check_refinery(out, RunConfig(**{**TINY, "dataset": "cifar10"}), n)

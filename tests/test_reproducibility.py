@@ -13,6 +13,13 @@ from elastic_lib.config import ROOT, load_profile
 
 SMOKE_RUN = "mobilenet_0.75__digits__elastic"
 COMMITTED = os.path.join(ROOT, "results", "smoke", SMOKE_RUN)
+# the tiny profile's elastic run: the fast reference (seconds to retrain), with tolerances of its own
+TINY_RUN = "tiny_cnn__digits__elastic"
+REFERENCES = {"smoke": SMOKE_RUN, "tiny": TINY_RUN}
+
+
+def spread_dir(profile: str) -> str:
+    return os.path.join(ROOT, "results", profile, "reproducibility")
 
 
 # ---------------------------------------------------------------- ISA detection
@@ -23,7 +30,9 @@ COMMITTED = os.path.join(ROOT, "results", "smoke", SMOKE_RUN)
     ({"sse4_1", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni",
       "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16"}, "", "AVX512_CORE_AMX"),     # AMX without float16
     ({"sse4_1", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni",
-      "avx512_bf16", "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16"}, "", "AVX512_CORE_AMX"),  # Sapphire Rapids
+      "avx512_bf16", "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16"}, "", "AVX10_1_512_AMX"),  # Sapphire Rapids
+    ({"sse4_1", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni",
+      "avx512_bf16", "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16", "amx_fp16"}, "", "AVX10_1_512_AMX_FP16"),
     ({"sse4_1", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq"}, "avx2", "AVX2"),
     ({"sse4_1", "avx"}, "AVX512_CORE", "AVX"),                                           # a cap is only a ceiling
     ({"sse4_1", "avx", "avx2", "fma"}, "SSE41", "SSE41"),
@@ -131,12 +140,14 @@ def test_compare_run_refuses_other_outputs(tmp_path, tol):
 
 
 # ---------------------------------------------------------------- committed evidence
-def test_committed_tolerances_cover_every_smoke_elastic_output():
-    tol = rp.load_tolerances()
-    spread = pd.read_csv(os.path.join(rp.SPREAD_DIR, "spread_runs.csv"))
+@pytest.mark.parametrize("profile", sorted(REFERENCES))
+def test_committed_tolerances_cover_every_elastic_output(profile):
+    tol = rp.load_tolerances(os.path.join(spread_dir(profile), "tolerances.csv"))
+    spread = pd.read_csv(os.path.join(spread_dir(profile), "spread_runs.csv"))
     assert set(spread["isa_cap"]) >= {"host", "AVX2", "AVX512_CORE"}, "spread must cover several ISA caps"
-    exits = pd.read_csv(os.path.join(COMMITTED, "exits.csv"))
-    t = tol[tol["run"] == SMOKE_RUN]
+    run = REFERENCES[profile]
+    exits = pd.read_csv(os.path.join(ROOT, "results", profile, run, "exits.csv"))
+    t = tol[tol["run"] == run]
     assert set(zip(t["output"], t["metric"])) == {(o, m) for o in exits["output"] for m in rp.TRAINED_METRICS}
     assert (t["tolerance"] >= t["metric"].map(rp.FLOORS) * (1 - 1e-5)).all()  # the CSV keeps 6 digits
     # the tolerance is derived from the committed spread, not typed in
@@ -145,30 +156,44 @@ def test_committed_tolerances_cover_every_smoke_elastic_output():
                                    tol["tolerance"].reset_index(drop=True), check_names=False, rtol=1e-5)
 
 
-def test_smoke_final_output_spread_is_small_against_the_gap_between_outputs():
-    """The smoke recipe converges: across ISA caps the final error moves far less than the gap
-    between the first exit and the final output that the figures show."""
-    tol = rp.load_tolerances().set_index(["run", "output", "metric"])
-    first = tol.loc[(SMOKE_RUN, "exit01", "top1_err_pct")]
-    final = tol.loc[(SMOKE_RUN, "final", "top1_err_pct")]
+@pytest.mark.parametrize("profile", sorted(REFERENCES))
+def test_final_output_spread_is_small_against_the_gap_between_outputs(profile):
+    """The smoke and tiny recipes converge: across ISA caps the final error moves far less than the
+    gap between the first exit and the final output that the figures show."""
+    tol = rp.load_tolerances(os.path.join(spread_dir(profile), "tolerances.csv")).set_index(["run", "output", "metric"])
+    first = tol.loc[(REFERENCES[profile], "exit01", "top1_err_pct")]
+    final = tol.loc[(REFERENCES[profile], "final", "top1_err_pct")]
     gap = first["host_value"] - final["host_value"]
     assert final["isa_max"] - final["isa_min"] < 0.1 * gap
 
 
 # ---------------------------------------------------------------- the regression itself
-# The committed smoke run retrained in a fresh process (an ISA cap must be set before TensorFlow
-# starts; latency off, timings are not compared), on this machine's kernels and on another ISA's,
-# against the committed numbers.
-@pytest.mark.slow
-@pytest.mark.parametrize("kernels", ["this machine", "another ISA"])
-def test_trained_smoke_run_matches_committed_numbers(tmp_path, kernels):
+# A committed run retrained in a fresh process (an ISA cap must be set before TensorFlow starts;
+# latency off, timings are not compared), against the committed numbers and the tolerances measured
+# for it: the tiny run under another ISA's kernels (as another CPU would run it; seconds), and the
+# smoke run, the one end-to-end check of a real smoke run (on this machine's kernels; under another
+# ISA in the deep tier).
+def _retrain(profile: str, tmp_path, kernels: str):
+    run = REFERENCES[profile]
     cap = os.environ.get("ONEDNN_MAX_CPU_ISA") if kernels == "this machine" else alternative_cap()
-    cfg = next(r for r in load_profile("smoke").runs if r.run_id() == SMOKE_RUN)
-    run_dir = rp.run_in_subprocess({**cfg.to_dict(), "latency_repeats": 0}, str(tmp_path / SMOKE_RUN), cap)
+    cfg = next(r for r in load_profile(profile).runs if r.run_id() == run)
+    run_dir = rp.run_in_subprocess({**cfg.to_dict(), "latency_repeats": 0}, str(tmp_path / run), cap)
     with open(os.path.join(run_dir, "params.yaml")) as f:
         machine = yaml.safe_load(f)["environment"]["machine"]
     assert machine["onednn_isa"] == rp.effective_onednn_isa(cap=cap or "")
-    checks = rp.assert_matches(COMMITTED, run_dir)
+    tol = rp.load_tolerances(os.path.join(spread_dir(profile), "tolerances.csv"))
+    checks = rp.assert_matches(os.path.join(ROOT, "results", profile, run), run_dir, tol)
     final = checks[(checks["output"] == "final") & (checks["column"] == "top1_err_pct")].iloc[0]
-    print(f"{kernels} ({machine['onednn_isa']}): final top-1 error {final['value']:.2f}% vs committed "
+    print(f"{profile}, {kernels} ({machine['onednn_isa']}): final top-1 error {final['value']:.2f}% vs committed "
           f"{final['reference']:.2f}% (tolerance {final['tolerance']:.2f}); {len(checks)} checks pass")
+
+
+@pytest.mark.slow
+def test_trained_tiny_run_under_another_isa_matches_committed_numbers(tmp_path):
+    _retrain("tiny", tmp_path, "another ISA")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kernels", ["this machine", pytest.param("another ISA", marks=pytest.mark.deep)])
+def test_trained_smoke_run_matches_committed_numbers(tmp_path, kernels):
+    _retrain("smoke", tmp_path, kernels)

@@ -18,12 +18,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tiny import BACKBONE, RUNS, TINY
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "slurm_local.sh"
 HINT = "`sudo scripts/slurm_local.sh start` installs and starts a one-node cluster"
-RUNS = ("mobilenet_0.75__digits__elastic", "mobilenet_0.75__digits__baseline")
-TINY = dict(dataset="digits", image_size=32, limit_per_class=10, test_limit_per_class=6, phase1_epochs=1,
-            phase2_epochs=1, batch_size=16, latency_repeats=0, seed=0)
 # the templates ask for a GPU, 8 CPUs and 32G: a laptop-sized node gets 1 CPU per task and no GPU
 LOCAL = ["--export=ALL", "--parsable", "--cpus-per-task=1", "--mem=4G", "--time=00:20:00"]
 FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED",
@@ -98,7 +97,7 @@ def test_array_then_aggregate_on_slurm(cluster, tmp_path):
     env = dict(cluster)
     profile = tmp_path / "slurm-digits.yaml"
     profile.write_text(yaml.safe_dump({"description": "test_slurm: two digits runs", "defaults": TINY, "grid": {
-        "backbone": ["mobilenet_0.75"], "dataset": ["digits"], "variant": ["elastic", "baseline"]}}))
+        "backbone": [BACKBONE], "dataset": ["digits"], "variant": ["elastic", "baseline"]}}))
     results_root, figures_root, logs = tmp_path / "results", tmp_path / "figures", tmp_path / "logs"
     logs.mkdir()
     env.update(PROFILE=str(profile), RESULTS_ROOT=str(results_root), FIGURES_ROOT=str(figures_root))
