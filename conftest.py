@@ -41,7 +41,6 @@ def pytest_configure(config):
     config._elastic_git_before = _git_status()
 
 
-@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     """Tiers: ``deep`` tests skip without ``--deep``; ``--quick`` deselects what trains (``slow``
     tests, the nbval cells of the experiment notebook). ``requires_tensorflow`` tests (tf.data,
@@ -50,12 +49,6 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "elastic_experiment.ipynb" in item.nodeid:  # nbval runs the template: it trains
             item.add_marker(pytest.mark.slow)
-        # parallel workers (pytest-xdist, --dist loadgroup): a file's tests stay together (a notebook's
-        # cells share one kernel; module fixtures are built once), and so do the tests that share the
-        # tiny batch fixture, which is then run once
-        if not item.get_closest_marker("xdist_group"):
-            group = "tiny_batch" if "tiny_batch" in getattr(item, "fixturenames", ()) else item.nodeid.split("::")[0]
-            item.add_marker(pytest.mark.xdist_group(name=group))
     if config.getoption("--quick"):
         keep = [i for i in items if "slow" not in i.keywords and "deep" not in i.keywords]
         config.hook.pytest_deselected(items=[i for i in items if i not in keep])

@@ -12,7 +12,8 @@
 #                            regenerating results
 # Other arguments go to the main run's pytest; with them, the other backends' runs are skipped.
 # Tests run on ELASTIC_TEST_WORKERS parallel workers (pytest-xdist; default: one per core, "0" for
-# none); a file's tests, and the tests sharing the tiny batch, stay on one worker (conftest.py).
+# none); a file's tests stay on one worker (--dist loadfile: a notebook's cells share one kernel,
+# module fixtures are built once; the tests of the shared tiny batch are all in tests/test_faults.py).
 # Every run ends with its 25 slowest tests (pyproject.toml: --durations=25).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -27,8 +28,9 @@ t0=$SECONDS
 (source scripts/env.sh)
 for b in $OTHERS; do ELASTIC_BACKEND="$b" bash -c 'source scripts/env.sh'; done
 echo "[tests] environments ready in $((SECONDS - t0)) s" >&2
-# The tests whose outcome depends on the Keras backend: building, training, evaluation, early exit,
-# resume. PyTorch (a 190 MB CPU wheel) runs the backend tests only.
+# The files holding the tests whose outcome depends on the Keras backend (marked `backend`: building,
+# counts, training, heads, staged early exit, refinery, resume). PyTorch (a 190 MB CPU wheel) runs
+# tests/test_backends.py only.
 tests_for() {
   case "$1" in
     torch) echo tests/test_backends.py ;;
@@ -42,7 +44,7 @@ case "$TIER" in
   *) FLAGS=() ;;
 esac
 WORKERS="${ELASTIC_TEST_WORKERS:-auto}"
-[ "$WORKERS" = 0 ] || FLAGS+=(-n "$WORKERS" --dist loadgroup)
+[ "$WORKERS" = 0 ] || FLAGS+=(-n "$WORKERS" --dist loadfile)
 t1=$SECONDS
 (source scripts/env.sh && python -m pytest --nbval ${FLAGS[@]+"${FLAGS[@]}"} "$@")
 echo "[tests] $TIER tier on $MAIN: $((SECONDS - t1)) s" >&2
@@ -50,7 +52,8 @@ echo "[tests] $TIER tier on $MAIN: $((SECONDS - t1)) s" >&2
 for b in $OTHERS; do
   t1=$SECONDS
   echo "[tests] the backend-dependent tests on $b" >&2
-  ELASTIC_BACKEND="$b" bash -c "source scripts/env.sh && python -m pytest ${FLAGS[*]+${FLAGS[*]}} $(tests_for "$b")"
+  ELASTIC_BACKEND="$b" bash -c "source scripts/env.sh && python -m pytest ${FLAGS[*]+${FLAGS[*]}} \
+    -m 'backend and not tensorflow_leg' $(tests_for "$b")"
   echo "[tests] $TIER tier on $b: $((SECONDS - t1)) s" >&2
 done
 echo "[tests] all: $((SECONDS - t0)) s" >&2

@@ -461,9 +461,11 @@ def package_hashes(sources: dict[str, str], opaque=()) -> dict[str, tuple[str, s
 
 
 def _is_root(unit: Unit) -> bool:
-    """Code an import runs by itself: a module's own statements, and decorated definitions (a
-    decorator may register them, to be found by name)."""
+    """Code an import runs by itself: a module's own statements, an assignment that calls something,
+    and decorated definitions (a decorator may register them, to be found by name)."""
     node = unit.nodes[0]
+    if unit.kind == "assign":
+        return any(isinstance(n, ast.Call) for n in ast.walk(node))
     return unit.kind == "module" or bool(getattr(node, "decorator_list", None)) and unit.kind != "method"
 
 

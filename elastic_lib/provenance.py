@@ -41,7 +41,8 @@ VERSION = 2
 NOT_RECORDED = ("codehash", "provenance")  # they make the fingerprint; their tests guard them
 # What a run writes about its machine (CPU, oneDNN ISA, devices), not what it computes: named, not
 # hashed, so that a better description of a CPU leaves runs current (tests/test_reproducibility.py)
-OPAQUE = (*NOT_RECORDED, "reproducibility:machine_info", "reproducibility:machine_label")
+OPAQUE = (*NOT_RECORDED, "reproducibility:machine_info", "reproducibility:machine_label",
+          "reproducibility:ISA_LADDER", "reproducibility:ISA_NAMES", "reproducibility:VECTOR_FLAGS")
 _data_cache: dict[tuple, str] = {}
 _code_cache: dict[tuple, dict] = {}
 

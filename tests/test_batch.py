@@ -1,17 +1,11 @@
 """run_all.sh's driver: bad input refused early, failures recorded, kills and locks lose nothing."""
 import fcntl
 import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
-import pandas as pd
 import pytest
 import yaml
 
-from elastic_lib import batch, results
+from elastic_lib import batch
 from elastic_lib.config import ConfigError
 from tiny import BACKBONE, ROOT, run_batch, write_profile
 
@@ -66,53 +60,6 @@ def test_failures_are_recorded_and_the_batch_goes_on(tmp_path):
     failed = tmp_path / "results" / "fail" / f"{BACKBONE}__digits__elastic"
     assert (failed / "FAILED").exists() and not (failed / "DONE").exists()
     assert (locked_dir / "history.csv").read_text() == "sentinel\n"
-
-
-def _table(root, profile):
-    df = pd.read_csv(root / "results" / profile / "table_error_flops_long.csv")
-    return df[[c for c in df.columns if not any(v in c for v in VOLATILE)]]
-
-
-@pytest.mark.slow
-def test_kill_and_rerun_completes_like_an_uninterrupted_run(tmp_path, tiny_batch):
-    profile, clean, _ = tiny_batch  # the uninterrupted batch
-    killed = tmp_path / "killed"
-    first, second = (killed / "results" / "tiny" / f"{BACKBONE}__digits__{v}" for v in ("elastic", "baseline"))
-
-    proc = run_batch(profile, killed, "--no-aggregate", wait=False)
-    deadline = time.time() + 600
-    while not results.is_done(str(first)) and time.time() < deadline:
-        time.sleep(0.5)
-    assert results.is_done(str(first))
-    while not (second / "params.yaml").exists() and time.time() < deadline:
-        time.sleep(0.05)
-    # mid-run: the second run's kernel has started it (params.yaml is its first write)
-    proc.send_signal(signal.SIGTERM)
-    log = proc.communicate(timeout=120)[0]
-    assert proc.returncode == 128 + signal.SIGTERM, log
-    assert not results.is_done(str(second))
-
-    again = run_batch(profile, killed)
-    assert again.returncode == 0, again.stdout + again.stderr
-    assert "already DONE" in again.stdout and "1/1" in again.stdout
-    for run in (first, second):
-        for name in ("exits.csv", "history.csv", "per_class.csv", "summary.csv"):
-            df = pd.read_csv(run / name)
-            assert not df.duplicated().any(), f"duplicated rows in {run.name}/{name}"
-            ref = pd.read_csv(clean / "results" / "tiny" / run.name / name)
-            assert len(df) == len(ref)
-    # a run killed after an epoch was committed resumes from there (README, "Long runs survive"): complete and
-    # continuous, but its later epochs draw other shuffles; a run redone from scratch equals the clean one exactly
-    resumed = pd.read_csv(second / "summary.csv", keep_default_na=False).iloc[0]["resumed_from"]
-    if resumed:
-        hist = pd.read_csv(second / "history.csv")
-        assert list(hist["epoch"]) == list(range(1, len(hist) + 1))
-        t_clean, t_killed = _table(clean, "tiny"), _table(killed, "tiny")
-        keep = t_clean["variant"] != "baseline"
-        pd.testing.assert_frame_equal(t_clean[keep], t_killed[keep])
-    else:
-        pd.testing.assert_frame_equal(_table(clean, "tiny"), _table(killed, "tiny"))
-    assert not list(killed.rglob(".tmp_*"))
 
 
 def test_aggregate_only_tables_and_figures_of_completed_runs(tmp_path):

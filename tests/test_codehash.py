@@ -196,3 +196,55 @@ def test_an_entry_added_to_a_table_leaves_every_unit_but_a_changed_or_removed_en
     assert changed(base, pkg(reg=REG.replace('("a", "b")', '("b", "a")'))) == ["reg:CHOICES[0]", "reg:CHOICES[1]"]
     # how the table is built still counts
     assert changed(base, pkg(reg=REG.replace("{e.name: e for e", "{e.name.upper(): e for e"))) == ["reg:REGISTRY"]
+
+
+RUN = '''
+from .consts import RATE
+
+
+def registered(fn):
+    return fn
+
+
+def train(x):
+    return x * RATE
+
+
+def check_tolerance(a, b):  # tooling: the run never calls it
+    return abs(a - b) < 1
+
+
+def describe_machine():
+    return "cpu"
+
+
+def setup():
+    return describe_machine()
+
+
+@registered
+def found_by_name():
+    return 1
+
+
+LOG = setup()
+'''
+NOTEBOOK = "from elastic_lib import run\nrun.train(2)\n"
+
+
+def _run_units(sources, opaque=()):
+    hashes = codehash.package_hashes({**sources, codehash.NOTEBOOK_MODULE: NOTEBOOK}, opaque)
+    return codehash.run_units(hashes, {"run", "consts"})
+
+
+def test_a_run_records_what_its_notebook_and_imports_can_reach():
+    units = set(_run_units(pkg(run=RUN), opaque=("run:describe_machine",)))
+    # the notebook's call and what it reads; the import's own statements and what they call; a
+    # decorated function (a decorator may register it, to be found by name)
+    assert units == {"run:train", "consts:RATE", "run:LOG", "run:setup", "run:found_by_name", "run:registered"}
+    # tooling the run cannot reach, and an opaque unit (named where used, not hashed), are left out
+    changed_tooling = pkg(run=RUN.replace("< 1", "< 2"))
+    assert _run_units(changed_tooling, ("run:describe_machine",)) == _run_units(pkg(run=RUN), ("run:describe_machine",))
+    described = pkg(run=RUN.replace('return "cpu"', 'return "cpu, 2 cores"'))
+    assert _run_units(described, ("run:describe_machine",)) == _run_units(pkg(run=RUN), ("run:describe_machine",))
+    assert _run_units(described) != _run_units(pkg(run=RUN))  # not opaque: its change reaches setup and LOG

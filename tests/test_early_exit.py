@@ -135,6 +135,7 @@ def test_nearest_exit_to_depth():
 
 
 # ---------------------------------------------------------------- staged forward
+# (the by-hand policy tests above are NumPy; these run on every backend)
 @pytest.fixture(scope="module")
 def staged(mobilenet_elastic):
     return StagedModel(mobilenet_elastic, "max_prob")
@@ -150,6 +151,7 @@ def model_probs(mobilenet_elastic, x_one):
     return [np.asarray(p, np.float64) for p in mobilenet_elastic(x_one, training=False)]
 
 
+@pytest.mark.backend
 def test_fixed_equals_model_outputs(staged, model_probs, x_one):
     assert staged.n_exits == 13 and len(model_probs) == 14
     for k in range(staged.n_exits + 1):
@@ -157,6 +159,7 @@ def test_fixed_equals_model_outputs(staged, model_probs, x_one):
     np.testing.assert_allclose(np.asarray(staged.full(x_one)), model_probs[-1], atol=1e-5)
 
 
+@pytest.mark.backend
 def test_dynamic_extremes(staged, model_probs, x_one):
     i, p = staged.predict_dynamic(x_one, 0.0)
     assert i == 0
@@ -176,6 +179,7 @@ def _between_confidences(conf):
     return float(t)
 
 
+@pytest.mark.backend
 @pytest.mark.parametrize("criterion", ["max_prob", "entropy"])
 def test_dynamic_matches_stored_policy(mobilenet_elastic, model_probs, x_one, criterion):
     staged = StagedModel(mobilenet_elastic, criterion)
@@ -188,6 +192,7 @@ def test_dynamic_matches_stored_policy(mobilenet_elastic, model_probs, x_one, cr
     np.testing.assert_allclose(p, model_probs[i], atol=1e-5)
 
 
+@pytest.mark.backend
 def test_staged_model_needs_exits():
     from elastic_lib import build_elastic_model
 

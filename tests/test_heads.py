@@ -5,6 +5,8 @@ import pytest
 
 from elastic_lib import heads
 
+pytestmark = pytest.mark.backend  # ./run_tests.sh runs this file on every backend
+
 
 def _np_am_loss(x, w, y, s, m):
     """The AM-softmax loss from its definition: logits s (cos - m [true class]), cross-entropy."""

@@ -199,11 +199,13 @@ def test_pruning_profile_end_to_end_through_the_driver(tmp_path):
 
     spec = yaml.safe_load(open(f"{ROOT}/experiments/pruning.yaml"))
     assert load_profile("pruning").study["parameters"] == spec["study"].get("parameters", {})
-    spec["defaults"] |= dict(dataset="digits", limit_per_class=12, test_limit_per_class=6, phase1_epochs=1,
+    spec["defaults"] |= dict(dataset="digits", limit_per_class=6, test_limit_per_class=3, phase1_epochs=1,
                              phase2_epochs=1, latency_repeats=0, data_dir="")
     spec["overrides"] = {k.replace("__cifar10__", "__digits__"): v for k, v in (spec.get("overrides") or {}).items()}
-    spec["study"]["parameters"] = dict(layers=["block4_conv2"], ratios=[1.0, 2.0], schedules=["x2"],
-                                       sample_images=24, points_per_image=4, joint_epochs=1, fine_tune_epochs=1)
+    # the smallest study that runs every path: one layer, one ratio (ratio 1 is the unit tests'), every
+    # rule, one whole-model schedule with its joint step and fine-tuning
+    spec["study"]["parameters"] = dict(layers=["block4_conv2"], ratios=[2.0], schedules=["x2"],
+                                       sample_images=12, points_per_image=4, joint_epochs=1, fine_tune_epochs=1)
     prof = tmp_path / "prune.yaml"
     prof.write_text(yaml.safe_dump(spec))
     cmd = [sys.executable, "-m", "elastic_lib.batch", "--profile", str(prof), "--results-root",
@@ -213,8 +215,7 @@ def test_pruning_profile_end_to_end_through_the_driver(tmp_path):
     assert "study channel_pruning" in out.stdout
     tables = tmp_path / "results" / "prune"
     single = pd.read_csv(tables / "single_layer.csv")
-    assert len(single) == 2 * 4 and set(single["rule"]) == set(pruning.RULES)
-    assert (single[single["ratio"] == 1.0]["top1_err_inc_pct"] == 0).all()  # ratio 1: the original model
+    assert len(single) == 4 and set(single["rule"]) == set(pruning.RULES)
     assert set(single[single["ratio"] == 2.0]["kept"]) == {256}
     whole = pd.read_csv(tables / "whole_model.csv", keep_default_na=False)
     assert list(whole["model"].unique()) == ["original", "ours, no fine-tune", "ours, fine-tuned"]

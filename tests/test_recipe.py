@@ -27,6 +27,7 @@ def _bn_state(model):
 
 
 @pytest.mark.slow
+@pytest.mark.requires_tensorflow  # make_pipeline: tf.data
 @pytest.mark.parametrize("frozen_bn", ["inference", "batch_stats"])
 def test_phase1_frozen_batchnorm_semantics(digits, frozen_bn):
     """Phase 1 never changes a backbone BatchNorm (moving statistics, gamma, beta), in both
@@ -55,6 +56,7 @@ def test_phase1_frozen_batchnorm_semantics(digits, frozen_bn):
 
 
 @pytest.mark.slow
+@pytest.mark.requires_tensorflow  # make_pipeline: tf.data
 def test_phase_momenta_and_callback_options(digits):
     set_determinism(0)
     model = build_elastic_model(BACKBONE, 10, SIZE, exits="none")
@@ -147,6 +149,7 @@ RESUME = dict(backbone=BACKBONE, dataset="digits", image_size=SIZE, limit_per_cl
 
 
 @pytest.mark.slow
+@pytest.mark.backend
 def test_an_interrupted_run_resumes_at_its_last_finished_epoch(tmp_path, monkeypatch):
     """Killed at the end of phase-2 epoch 3 (before that epoch's checkpoint), the rerun trains
     phase-2 epochs 3 and 4 only; phase 1 is not redone; history.csv is continuous."""
@@ -187,6 +190,7 @@ def test_an_interrupted_run_resumes_at_its_last_finished_epoch(tmp_path, monkeyp
 
 
 @pytest.mark.slow
+@pytest.mark.backend
 def test_a_run_interrupted_in_phase_1_trains_every_phase_2_epoch(tmp_path, monkeypatch):
     """Killed after phase-1 epoch 2 was committed, the rerun trains phase-1 epoch 3 and then all of
     phase 2 from its first epoch (Keras keeps a resumed ``_initial_epoch`` on the model; phase 2
@@ -216,6 +220,7 @@ def test_a_run_interrupted_in_phase_1_trains_every_phase_2_epoch(tmp_path, monke
     assert list(hist["phase"]) == [1, 1, 1, 2, 2] and list(hist["phase_epoch"]) == [1, 2, 3, 1, 2]
 
 
+@pytest.mark.backend
 def test_resume_state_of_other_parameters_is_discarded(tmp_path, monkeypatch):
     out = str(tmp_path / "run")
     (tmp_path / "run" / "resume").mkdir(parents=True)

@@ -7,7 +7,7 @@ from elastic_lib.config import ConfigError, RunConfig
 from tiny import BACKBONE
 from tiny import TINY as _TINY
 
-pytestmark = pytest.mark.slow  # the teacher is a trained run
+pytestmark = [pytest.mark.slow, pytest.mark.backend]  # the teacher is a trained run
 TINY = {**_TINY, "backbone": BACKBONE, "limit_per_class": 6, "test_limit_per_class": 3}
 
 

@@ -12,6 +12,8 @@ from elastic_lib.config import RunConfig
 from elastic_lib.reproducibility import set_determinism
 from elastic_lib.training import TrainingDiverged, fit_two_phase, loss_weights
 
+pytestmark = pytest.mark.backend  # ./run_tests.sh runs this file on every backend
+
 BACKBONE, SIZE, BATCH = "tiny_cnn", 16, 16
 
 
