@@ -49,6 +49,8 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "elastic_experiment.ipynb" in item.nodeid:  # nbval runs the template: it trains
             item.add_marker(pytest.mark.slow)
+        if "mobilenet_elastic" in getattr(item, "fixturenames", ()):  # a session fixture: fits 2 epochs
+            item.add_marker(pytest.mark.slow)
     if config.getoption("--quick"):
         keep = [i for i in items if "slow" not in i.keywords and "deep" not in i.keywords]
         config.hook.pytest_deselected(items=[i for i in items if i not in keep])

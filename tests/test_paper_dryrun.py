@@ -10,6 +10,7 @@ import yaml
 
 from elastic_lib.config import ROOT
 
+pytestmark = pytest.mark.slow  # trains the pair at 224 px
 PAIR = "mobilenet_0.75__cifar10_"
 COMMITTED = f"{ROOT}/results/paper-dryrun"
 

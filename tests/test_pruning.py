@@ -153,6 +153,7 @@ def _narrow_vgg(num_classes=10, size=32):
     return keras.Model(inp, outputs)
 
 
+@pytest.mark.slow  # fine-tunes the pruned model
 @pytest.mark.parametrize("schedule", sorted(pruning.SCHEDULES))
 def test_whole_model_schedules_keep_their_fractions_and_leave_conv5_alone(images, schedule):
     keras.utils.set_random_seed(1)
@@ -185,6 +186,7 @@ def test_whole_model_table_has_the_study_layout():
     assert t.iloc[1]["top1-e-inc"] == pytest.approx(0.1) and t.iloc[1]["top5-e"] == pytest.approx(0.1)
 
 
+@pytest.mark.slow
 def test_pruning_profile_end_to_end_through_the_driver(tmp_path):
     """./run_all.sh on a tiny pruning profile: trains VGG16 baseline and elastic (digits, 32 px,
     1 epoch), aggregates, then runs notebooks/channel_pruning.ipynb, which writes the study's
