@@ -9,7 +9,7 @@ aggregation equals that of an uninterrupted batch. Disk-full and lock faults are
 
 The default tier runs ELASTIC_FAULT_TRIALS (default 2: one kernel, one driver) trials on the tiny runs; the deep tier
 (``./run_tests.sh --deep``) 20 more on MobileNet-0.75 runs, whose kernels spend their time in
-real training. ELASTIC_FAULT_SEED (default 0) seeds both.
+real training (ELASTIC_DEEP_FAULT_TRIALS). ELASTIC_FAULT_SEED (default 0) seeds both.
 """
 import json
 import os
@@ -276,7 +276,7 @@ def test_random_sigkills_during_real_training_lose_nothing(tmp_path):
     folder.mkdir()
     profile = _profile(folder, {**TINY, **REAL})
     ref_root, window = _reference(profile, tmp_path / "reference", REAL_RUNS)
-    random_kill_trials(profile, ref_root, window, tmp_path / "trials", 20,
+    random_kill_trials(profile, ref_root, window, tmp_path / "trials", int(os.environ.get("ELASTIC_DEEP_FAULT_TRIALS", "20")),
                        int(os.environ.get("ELASTIC_FAULT_SEED", "0")), REAL_RUNS)
 
 
