@@ -12,7 +12,6 @@ from elastic_lib import reproducibility as rp
 from elastic_lib.config import ROOT, load_profile
 
 SMOKE_RUN = "mobilenet_0.75__digits__elastic"
-COMMITTED = os.path.join(ROOT, "results", "smoke", SMOKE_RUN)
 # the tiny profile's elastic run: the fast reference (seconds to retrain), with tolerances of its own
 TINY_RUN = "tiny_cnn__digits__elastic"
 REFERENCES = {"smoke": SMOKE_RUN, "tiny": TINY_RUN}
