@@ -11,6 +11,7 @@
 - The session must leave ``git status`` as it found it: a test run that changed, created or
   deleted a tracked or unignored file fails, naming the files.
 """
+
 import os
 import shutil
 import subprocess
@@ -31,7 +32,9 @@ def _git_status() -> str | None:
 
 def pytest_addoption(parser):
     group = parser.getgroup("elastic", "test tiers (docs/testing.md)")
-    group.addoption("--quick", action="store_true", help="only tests that train nothing (not `slow`, no experiment notebook)")
+    group.addoption(
+        "--quick", action="store_true", help="only tests that train nothing (not `slow`, no experiment notebook)"
+    )
     group.addoption("--deep", action="store_true", help="also the `deep` tests (long real training)")
 
 
@@ -78,8 +81,9 @@ def _quick_tier_trains_nothing(request, monkeypatch):
     import keras
 
     def refuse(*args, **kwargs):
-        raise AssertionError(f"{request.node.nodeid} trains a model: mark it @pytest.mark.slow "
-                             "(the quick tier trains nothing)")
+        raise AssertionError(
+            f"{request.node.nodeid} trains a model: mark it @pytest.mark.slow (the quick tier trains nothing)"
+        )
 
     monkeypatch.setattr(keras.Model, "fit", refuse)
     yield
@@ -92,8 +96,9 @@ def pytest_sessionfinish(session, exitstatus):
         return
     changed = sorted(set(after.splitlines()) ^ set(before.splitlines()))
     session.config.get_terminal_writer().line(
-        "tests changed the working tree (git status differs before/after the session):\n  "
-        + "\n  ".join(changed), red=True)
+        "tests changed the working tree (git status differs before/after the session):\n  " + "\n  ".join(changed),
+        red=True,
+    )
     if session.exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 

@@ -5,4 +5,4 @@
 # Default: the smoke profile on the embedded digits dataset (minutes on 2 CPU cores).
 # Creates/reuses .venv/ at the repo root. ./run_all.sh --help for all options.
 source "$(dirname "$0")/scripts/env.sh"
-exec python -m elastic_lib.batch "$@"
+exec python -m elastic_lib.control.batch "$@"

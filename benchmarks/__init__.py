@@ -14,7 +14,19 @@ one-line ``verdict`` against its target):
 8. ``backends``          train steps/s of each Keras backend over TensorFlow's, side by side
 9. ``resize_placement``  training images/s with the 32 -> 224 upsampling inside the model vs on the host
 """
-import elastic_lib  # noqa: F401  (its setup_environment() runs before TensorFlow is imported)
 
-FIGURES = ("overhead", "pipeline", "memory", "complexity_bench", "early_exit_bench", "early_exit_efficiency",
-           "early_exit_policies", "backends", "resize_placement")
+import elastic_lib
+
+elastic_lib.setup_environment()  # before TensorFlow is imported
+
+FIGURES = (
+    "overhead",
+    "pipeline",
+    "memory",
+    "complexity_bench",
+    "early_exit_bench",
+    "early_exit_efficiency",
+    "early_exit_policies",
+    "backends",
+    "resize_placement",
+)

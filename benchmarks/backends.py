@@ -9,6 +9,7 @@ rates (``train_on_batch`` / ``predict_on_batch`` after warm-up). Ratio = the bac
 over TensorFlow's, measured in this run. No target: TensorFlow stays the CPU default, the others
 are for GPU machines without TensorFlow; the figure says what choosing them costs on this CPU.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,9 +23,9 @@ BACKENDS = ("tensorflow", "jax", "torch")
 WORKER = r"""
 import json, sys, time
 import numpy as np, keras
-from elastic_lib.exits import build_elastic_model
-from elastic_lib.config import RunConfig
-from elastic_lib.training import compile_model
+from elastic_lib.models.exits import build_elastic_model
+from elastic_lib.control.config import RunConfig
+from elastic_lib.train.training import compile_model
 steps, batch = int(sys.argv[1]), 32
 keras.utils.set_random_seed(0)
 model = build_elastic_model("mobilenet_0.75", 10, 32, exits="all")
@@ -60,8 +61,9 @@ def python_of(backend: str) -> str | None:
 
 def measure(backend: str, steps: int) -> dict:
     env = {**os.environ, "KERAS_BACKEND": backend, "ELASTIC_BACKEND": backend, "PYTHONPATH": ROOT}
-    proc = subprocess.run([python_of(backend), "-c", WORKER, str(steps)], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=1800)
+    proc = subprocess.run(
+        [python_of(backend), "-c", WORKER, str(steps)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800
+    )
     if proc.returncode:
         raise RuntimeError(f"{backend} worker failed: {proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -71,16 +73,26 @@ def run(quick: bool = False) -> dict:
     available = [b for b in BACKENDS if python_of(b)]
     figure = "8. Keras backends: train steps/s vs TensorFlow (MobileNet-0.75 elastic, 32x32, batch 32)"
     if "tensorflow" not in available:
-        return {"figure": figure, "data": "random batch", "measured": "-", "target": "none (measured only)",
-                "pass": None, "verdict": "skipped: no TensorFlow environment to compare with"}
+        return {
+            "figure": figure,
+            "data": "random batch",
+            "measured": "-",
+            "target": "none (measured only)",
+            "pass": None,
+            "verdict": "skipped: no TensorFlow environment to compare with",
+        }
     rounds, steps = (1, 5) if quick else (3, 30)
     got = {b: [] for b in available}
     for r in range(rounds):
         for b in available:
             log(f"backends: round {r + 1}/{rounds}, {b}")
             got[b].append(measure(b, steps))
-    row = {"backends": ", ".join(available), "rounds": rounds, "steps_per_round": steps,
-           "missing": ", ".join(b for b in BACKENDS if b not in available) or "none"}
+    row = {
+        "backends": ", ".join(available),
+        "rounds": rounds,
+        "steps_per_round": steps,
+        "missing": ", ".join(b for b in BACKENDS if b not in available) or "none",
+    }
     tf_rate = median([g["train_steps_per_s"] for g in got["tensorflow"]])
     for b in available:
         rate = median([g["train_steps_per_s"] for g in got[b]])
@@ -90,5 +102,12 @@ def run(quick: bool = False) -> dict:
         row[f"{b}_train_ratio_vs_tensorflow"] = rate / tf_rate
     others = [f"{b} {row[f'{b}_train_ratio_vs_tensorflow']:.2f}x" for b in available if b != "tensorflow"]
     measured = ", ".join(others) or "no other backend set up"
-    return {"figure": figure, "data": "one fixed random batch", "rows": [row], "measured": measured,
-            "target": "none (measured only)", "pass": None, "verdict": "train speed vs TensorFlow: " + measured}
+    return {
+        "figure": figure,
+        "data": "one fixed random batch",
+        "rows": [row],
+        "measured": measured,
+        "target": "none (measured only)",
+        "pass": None,
+        "verdict": "train speed vs TensorFlow: " + measured,
+    }

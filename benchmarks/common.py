@@ -1,4 +1,5 @@
 """Shared helpers: timing (warm-up, repeats, median, interleaved A/B), data, machine info."""
+
 from __future__ import annotations
 
 import datetime
@@ -45,8 +46,9 @@ def time_blocks(fn: Callable[[], int | None], warmup: int = 1, repeats: int = 5)
     return out
 
 
-def time_interleaved(fns: dict[str, Callable[[], int | float | None]], warmup: int = 1, repeats: int = 5,
-                     self_timed: bool = False) -> dict[str, list[float]]:
+def time_interleaved(
+    fns: dict[str, Callable[[], int | float | None]], warmup: int = 1, repeats: int = 5, self_timed: bool = False
+) -> dict[str, list[float]]:
     """Like ``time_blocks`` for several candidates, run round-robin (A B C, C B A, ...) so that
     load changes on a shared machine hit every candidate alike. Seconds per unit, per repeat.
     self_timed: each ``fn`` returns its own seconds per unit instead of a unit count."""
@@ -112,7 +114,7 @@ def clear_keras() -> None:
 def load_images(limit: int | None = None):
     """(x, y, label): the CIFAR-10 subset's train + val images (10,000, uint8 32x32) from
     ../shared/data if present, else scikit-learn's digits (1,437 train + val, 8x8)."""
-    from elastic_lib.data import load_dataset
+    from elastic_lib.data.arrays import load_dataset
 
     if os.path.isfile(CIFAR10_ARCHIVE):
         s = load_dataset("cifar10", data_dir=os.path.dirname(CIFAR10_ARCHIVE))
@@ -133,7 +135,7 @@ def _mem_total_gb() -> float:
         with open("/proc/meminfo") as f:
             for line in f:
                 if line.startswith("MemTotal:"):
-                    return int(line.split()[1]) / 1024 ** 2
+                    return int(line.split()[1]) / 1024**2
     except OSError:
         pass
     return float("nan")
@@ -141,10 +143,16 @@ def _mem_total_gb() -> float:
 
 def _git_commit() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                             timeout=5).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
         return (out + (" (+uncommitted changes)" if dirty else "")) if out else "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -155,8 +163,7 @@ def command_line() -> str:
     argv = sys.argv[:]
     if argv and argv[0].endswith(os.path.join("benchmarks", "__main__.py")):
         argv = ["-m", "benchmarks"] + argv[1:]
-    env = " ".join(f"{k}={os.environ[k]}" for k in ("TF_ENABLE_ONEDNN_OPTS", "TF_CPP_MIN_LOG_LEVEL")
-                   if k in os.environ)
+    env = " ".join(f"{k}={os.environ[k]}" for k in ("TF_ENABLE_ONEDNN_OPTS", "TF_CPP_MIN_LOG_LEVEL") if k in os.environ)
     py = os.path.relpath(sys.executable, ROOT) if sys.executable.startswith(ROOT) else sys.executable
     return f"{env} {py} " + " ".join(shlex.quote(a) for a in argv)  # from the repo root
 
@@ -169,7 +176,7 @@ def machine_info() -> dict:
         affinity = len(os.sched_getaffinity(0))
     except AttributeError:
         affinity = os.cpu_count()
-    from elastic_lib.reproducibility import cpu_model, effective_onednn_isa
+    from elastic_lib.control.environment import cpu_model, effective_onednn_isa
 
     return {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
@@ -185,8 +192,10 @@ def machine_info() -> dict:
         "numpy": np.__version__,
         "platform": platform.platform(),
         "git_commit": _git_commit(),
-        "tf_threads_intra_inter": (tf.config.threading.get_intra_op_parallelism_threads(),
-                                   tf.config.threading.get_inter_op_parallelism_threads()),
+        "tf_threads_intra_inter": (
+            tf.config.threading.get_intra_op_parallelism_threads(),
+            tf.config.threading.get_inter_op_parallelism_threads(),
+        ),
         "env": {k: os.environ.get(k, "") for k in ("TF_ENABLE_ONEDNN_OPTS", "TF_CPP_MIN_LOG_LEVEL", "KERAS_BACKEND")},
         "command": command_line(),
     }

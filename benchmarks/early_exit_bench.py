@@ -22,6 +22,7 @@ batch of one, candidates interleaved per image:
 - ``compiled_never_exit``: ``predict_dynamic`` at threshold 1.01 (every image runs to the final
   output): the staged graph's own overhead over ``final_alone``.
 """
+
 from __future__ import annotations
 
 import os
@@ -32,7 +33,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from elastic_lib.results import repo_relative
+from elastic_lib.control.results import repo_relative
 
 from .common import ROOT, clear_keras, fmt, log
 
@@ -44,7 +45,7 @@ TARGET_DROP = 1.0
 # ---------------------------------------------------------------- recorded runs
 def completed_runs(root: str = os.path.join(ROOT, "results")) -> list[str]:
     """Completed runs of PROFILES whose latency was measured and whose weights are present."""
-    from elastic_lib.results import completed_runs as done_runs
+    from elastic_lib.control.results import completed_runs as done_runs
 
     dirs = []
     for d in [d for prof in PROFILES for d in done_runs(os.path.join(root, prof))]:
@@ -53,8 +54,11 @@ def completed_runs(root: str = os.path.join(ROOT, "results")) -> list[str]:
             summ = pd.read_csv(os.path.join(d, "early_exit_summary.csv"))
         except (OSError, pd.errors.EmptyDataError):
             continue
-        if {POLICY, "final"} <= set(lat.get("output", [])) and {POLICY, "final"} <= set(summ.get("policy", [])) \
-                and os.path.isfile(os.path.join(d, "model.weights.h5")):
+        if (
+            {POLICY, "final"} <= set(lat.get("output", []))
+            and {POLICY, "final"} <= set(summ.get("policy", []))
+            and os.path.isfile(os.path.join(d, "model.weights.h5"))
+        ):
             dirs.append(os.path.normpath(d))
     return dirs
 
@@ -70,24 +74,30 @@ def recorded_row(run_dir: str) -> dict:
     dyn, pol = lat.loc[POLICY], summ.loc[POLICY]
     final_ms = float(lat.loc["final", "latency_ms"])
     return {
-        "run": repo_relative(run_dir), "threshold": float(dyn["threshold"]),
-        "final_test_acc": float(summ.loc["final", "test_acc"]), "chance_acc": 1.0 / _num_classes(run_dir),
-        "test_drop_pts": float(pol["test_drop_pts"]), "test_acc": float(pol["test_acc"]),
-        "mean_exit": float(dyn["mean_exit"]), "n_images": int(dyn["n_images"]),
+        "run": repo_relative(run_dir),
+        "threshold": float(dyn["threshold"]),
+        "final_test_acc": float(summ.loc["final", "test_acc"]),
+        "chance_acc": 1.0 / _num_classes(run_dir),
+        "test_drop_pts": float(pol["test_drop_pts"]),
+        "test_acc": float(pol["test_acc"]),
+        "mean_exit": float(dyn["mean_exit"]),
+        "n_images": int(dyn["n_images"]),
         "dynamic_latency_ms": float(dyn["latency_ms"]),
         "speedup_vs_final": float(dyn["speedup_vs_final"]),  # as recorded: all-outputs model / dynamic
         "flops_ratio_vs_final": float(dyn["flops_ratio_vs_final"]),  # final alone / expected (latency images)
         "flops_ratio_test_set": float(pol["flops_ratio_vs_final"]),
-        "final_alone_latency_ms": final_ms, "speedup_vs_final_alone": final_ms / float(dyn["latency_ms"]),
+        "final_alone_latency_ms": final_ms,
+        "speedup_vs_final_alone": final_ms / float(dyn["latency_ms"]),
         "all_outputs_latency_ms": float(lat.loc["all_outputs_one_call", "latency_ms"])
-        if "all_outputs_one_call" in lat.index else float("nan"),
+        if "all_outputs_one_call" in lat.index
+        else float("nan"),
     }
 
 
 def train_tiny(quick: bool, out_dir: str) -> str:
     """The fallback when no run is complete: a tiny MobileNet-0.75 elastic on digits, trained in
     a separate process (its seeds and op determinism stay there)."""
-    from elastic_lib.reproducibility import run_in_subprocess
+    from elastic_lib.control.reproducibility import run_in_subprocess
 
     params = dict(backbone="mobilenet_0.75", phase2_epochs=2, latency_repeats=10, latency_images=30)
     if quick:
@@ -112,7 +122,7 @@ def naive_dynamic(staged, x, threshold: float):
     """Segment by segment, eagerly, with the exit test on the host after each exit."""
     import tensorflow as tf
 
-    from elastic_lib.early_exit import confidence, threshold_to_confidence
+    from elastic_lib.early_exit.staged import confidence, threshold_to_confidence
 
     t = threshold_to_confidence(threshold, staged.criterion)
     h = tf.convert_to_tensor(x, tf.float32)
@@ -125,8 +135,8 @@ def naive_dynamic(staged, x, threshold: float):
 
 
 def live(run_dir: str, n_images: int, warmup: int = 3) -> dict:
-    from elastic_lib import complexity
-    from elastic_lib.early_exit import StagedModel
+    from elastic_lib.early_exit.staged import StagedModel
+    from elastic_lib.models import complexity
 
     rec = recorded_row(run_dir)
     threshold = rec["threshold"]
@@ -142,9 +152,10 @@ def live(run_dir: str, n_images: int, warmup: int = 3) -> dict:
         "all_outputs": lambda x: np.asarray(staged.full(x)),
         "compiled_never_exit": lambda x: staged.predict_dynamic(x, 1.01 if cfg.exit_criterion == "max_prob" else -1.0),
     }
-    log(f"early exit: live batch-1 timing on {len(images)} images of {repo_relative(run_dir)} "
-        f"(threshold {threshold:g})")
-    for name, fn in cands.items():  # traces + warm-up
+    log(
+        f"early exit: live batch-1 timing on {len(images)} images of {repo_relative(run_dir)} (threshold {threshold:g})"
+    )
+    for fn in cands.values():  # traces + warm-up
         for i in range(warmup):
             fn(images[i % len(images)][None])
     for v in exits.values():
@@ -161,17 +172,22 @@ def live(run_dir: str, n_images: int, warmup: int = 3) -> dict:
     chosen = np.asarray(exits["compiled"])
     expected = float(costs["flops_cumulative"].to_numpy()[chosen].mean())
     out = {
-        "run": rec["run"], "backbone": cfg.backbone, "image_size": cfg.image_size, "threshold": threshold,
-        "n_images": len(images), **{f"{k}_ms": v for k, v in ms.items()},
+        "run": rec["run"],
+        "backbone": cfg.backbone,
+        "image_size": cfg.image_size,
+        "threshold": threshold,
+        "n_images": len(images),
+        **{f"{k}_ms": v for k, v in ms.items()},
         "speedup_vs_final_alone": ms["final_alone"] / ms["compiled"],
         "speedup_vs_all_outputs": ms["all_outputs"] / ms["compiled"],
         "flops_ratio_vs_final": float(costs["flops_to_output"].iloc[-1]) / expected,
         "naive_over_compiled": ms["naive"] / ms["compiled"],
         "staged_overhead_never_exit": ms["compiled_never_exit"] / ms["final_alone"],
-        "mean_exit": float(chosen.mean() + 1), "n_exits": staged.n_exits,
+        "mean_exit": float(chosen.mean() + 1),
+        "n_exits": staged.n_exits,
         "naive_same_exit_fraction": float(np.mean(chosen == np.asarray(exits["naive"]))),
     }
-    del staged, model
+    staged = model = None  # release them (the closures above are done)
     clear_keras()
     return out
 
@@ -194,7 +210,7 @@ def run(quick: bool = False, force_train: bool = False) -> dict:
         try:
             lv = live(d, n_live)
             break
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:
             skipped.append(f"{repo_relative(d)}: {type(err).__name__}: {err}")
             log(f"early exit: cannot re-measure {skipped[-1]}")
     if lv is None:
@@ -206,25 +222,39 @@ def run(quick: bool = False, force_train: bool = False) -> dict:
     notes = [f"live measurement skipped {x}" for x in skipped]
     if r0["final_test_acc"] < 2 * r0["chance_acc"]:
         ok = False
-        notes.append(f"the model is near chance (final test accuracy {r0['final_test_acc']:.3f}), so the selected "
-                     f"threshold and its drop say nothing")
+        notes.append(
+            f"the model is near chance (final test accuracy {r0['final_test_acc']:.3f}), so the selected "
+            f"threshold and its drop say nothing"
+        )
     for r in rec:
         if r["test_drop_pts"] > TARGET_DROP:
-            notes.append(f"{r['run']}: the threshold chosen on validation for <= {TARGET_DROP:g} pt drops "
-                         f"{r['test_drop_pts']:.2f} pts on test")
-    verdict = (("PASS" if ok else "FAIL") + f": {lv['run']} at threshold {lv['threshold']:g} "
-               f"(test drop {r0['test_drop_pts']:.2f} pts): measured speed-up {lv['speedup_vs_final_alone']:.2f}x "
-               f"vs FLOPs ratio {lv['flops_ratio_vs_final']:.2f}x (recorded in the run: "
-               f"{r0['speedup_vs_final']:.2f}x vs {r0['flops_ratio_vs_final']:.2f}x); the staged graph alone costs "
-               f"{lv['staged_overhead_never_exit']:.2f}x the final output's latency when nothing exits; naive eager "
-               f"loop {lv['naive_over_compiled']:.1f}x slower than compiled "
-               f"(same exit on {100 * lv['naive_same_exit_fraction']:.0f}% of images); target: drop <= "
-               f"{TARGET_DROP} pt and speed-up > 1" + "".join(f"; NOTE: {n}" for n in notes))
-    return {"figure": "5. Early exit: batch-1 speed-up vs. FLOPs ratio", "data": source, "rows": rec, "live": lv,
-            "measured": f"{fmt(lv['speedup_vs_final_alone'])}x vs FLOPs {fmt(lv['flops_ratio_vs_final'])}x; "
-                        f"naive/compiled {fmt(lv['naive_over_compiled'])}x",
-            "target": f"drop <= {TARGET_DROP} pt, speed-up > 1", "pass": ok, "verdict": verdict,
-            "notes": notes, "trained_fallback": bool(tmp)}
+            notes.append(
+                f"{r['run']}: the threshold chosen on validation for <= {TARGET_DROP:g} pt drops "
+                f"{r['test_drop_pts']:.2f} pts on test"
+            )
+    verdict = (
+        ("PASS" if ok else "FAIL") + f": {lv['run']} at threshold {lv['threshold']:g} "
+        f"(test drop {r0['test_drop_pts']:.2f} pts): measured speed-up {lv['speedup_vs_final_alone']:.2f}x "
+        f"vs FLOPs ratio {lv['flops_ratio_vs_final']:.2f}x (recorded in the run: "
+        f"{r0['speedup_vs_final']:.2f}x vs {r0['flops_ratio_vs_final']:.2f}x); the staged graph alone costs "
+        f"{lv['staged_overhead_never_exit']:.2f}x the final output's latency when nothing exits; naive eager "
+        f"loop {lv['naive_over_compiled']:.1f}x slower than compiled "
+        f"(same exit on {100 * lv['naive_same_exit_fraction']:.0f}% of images); target: drop <= "
+        f"{TARGET_DROP} pt and speed-up > 1" + "".join(f"; NOTE: {n}" for n in notes)
+    )
+    return {
+        "figure": "5. Early exit: batch-1 speed-up vs. FLOPs ratio",
+        "data": source,
+        "rows": rec,
+        "live": lv,
+        "measured": f"{fmt(lv['speedup_vs_final_alone'])}x vs FLOPs {fmt(lv['flops_ratio_vs_final'])}x; "
+        f"naive/compiled {fmt(lv['naive_over_compiled'])}x",
+        "target": f"drop <= {TARGET_DROP} pt, speed-up > 1",
+        "pass": ok,
+        "verdict": verdict,
+        "notes": notes,
+        "trained_fallback": bool(tmp),
+    }
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ epoch. These are compared with the size of the resized dataset as float32
 (N x 224 x 224 x 3 x 4 bytes), what resizing up front with NumPy would hold in memory. The
 pipeline resizes per batch, so its peak should stay far below that.
 """
+
 from __future__ import annotations
 
 import json
@@ -43,15 +44,15 @@ def _child(limit: int, image_size: int) -> dict:
 
     proc = psutil.Process()
     rss_start = proc.memory_info().rss
-    from .common import load_images  # imports TensorFlow via elastic_lib
-
     import tensorflow as tf  # noqa: F401
 
-    from elastic_lib.backbones import get_backbone
-    from elastic_lib.data import make_pipeline
+    from elastic_lib.data.arrays import make_pipeline
+    from elastic_lib.models.backbones import preprocess_input
+
+    from .common import load_images  # imports TensorFlow via elastic_lib
 
     x, y, source = load_images(limit=limit or None)
-    ds = make_pipeline(x, y, image_size, get_backbone("mobilenet_0.75").preprocess, BATCH, 1)
+    ds = make_pipeline(x, y, image_size, preprocess_input("mobilenet_0.75"), BATCH, 1)
     rss_before = proc.memory_info().rss
     hwm_before = _vm_hwm()
     samples, stop = [], threading.Event()
@@ -72,12 +73,19 @@ def _child(limit: int, image_size: int) -> dict:
     seconds = time.perf_counter() - t0
     stop.set()
     th.join()
-    return {"n_images": n, "source": source, "image_size": image_size, "epoch_s": seconds,
-            "rss_start": rss_start, "rss_before_epoch": rss_before, "peak_rss_before_epoch": hwm_before,
-            "peak_rss": max(_vm_hwm(), max(samples, default=0)),
-            "ru_maxrss_incl_parent_at_fork": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-            "peak_rss_sampled_during_epoch": max(samples) if samples else rss_before,
-            "uint8_dataset_bytes": int(x.nbytes)}
+    return {
+        "n_images": n,
+        "source": source,
+        "image_size": image_size,
+        "epoch_s": seconds,
+        "rss_start": rss_start,
+        "rss_before_epoch": rss_before,
+        "peak_rss_before_epoch": hwm_before,
+        "peak_rss": max(_vm_hwm(), max(samples, default=0)),
+        "ru_maxrss_incl_parent_at_fork": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "peak_rss_sampled_during_epoch": max(samples) if samples else rss_before,
+        "uint8_dataset_bytes": int(x.nbytes),
+    }
 
 
 def run(quick: bool = False) -> dict:
@@ -89,22 +97,32 @@ def run(quick: bool = False) -> dict:
         raise RuntimeError(f"memory child failed ({res.returncode}):\n{res.stderr[-3000:]}")
     m = json.loads(res.stdout.strip().splitlines()[-1])
     f32 = m["n_images"] * IMAGE_SIZE * IMAGE_SIZE * 3 * 4
-    gb = 1024 ** 3
-    m.update({
-        "float32_resized_bytes": f32,
-        "ratio_peak_rss": m["peak_rss"] / f32,
-        "pipeline_delta_bytes": m["peak_rss_sampled_during_epoch"] - m["rss_before_epoch"],
-    })
+    gb = 1024**3
+    m.update(
+        {
+            "float32_resized_bytes": f32,
+            "ratio_peak_rss": m["peak_rss"] / f32,
+            "pipeline_delta_bytes": m["peak_rss_sampled_during_epoch"] - m["rss_before_epoch"],
+        }
+    )
     m["ratio_delta"] = m["pipeline_delta_bytes"] / f32
     ok = m["ratio_peak_rss"] < TARGET
-    verdict = (("PASS" if ok else "FAIL") + f": peak RSS {m['peak_rss'] / gb:.2f} GiB for one epoch of "
-               f"{m['n_images']} images at 224 vs {f32 / gb:.2f} GiB resized float32 "
-               f"(ratio {m['ratio_peak_rss']:.3f}, target < {TARGET}); the epoch itself adds "
-               f"{m['pipeline_delta_bytes'] / gb:.2f} GiB over the {m['rss_before_epoch'] / gb:.2f} GiB of "
-               f"TensorFlow + data ({m['ratio_delta']:.3f} of the float32 size)")
-    return {"figure": "3. Memory: one epoch at 224x224 through make_pipeline", "data": m["source"], "rows": [m],
-            "measured": f"{fmt(m['ratio_peak_rss'])} (peak RSS / float32 size)",
-            "target": f"< {TARGET}", "pass": ok, "verdict": verdict}
+    verdict = (
+        ("PASS" if ok else "FAIL") + f": peak RSS {m['peak_rss'] / gb:.2f} GiB for one epoch of "
+        f"{m['n_images']} images at 224 vs {f32 / gb:.2f} GiB resized float32 "
+        f"(ratio {m['ratio_peak_rss']:.3f}, target < {TARGET}); the epoch itself adds "
+        f"{m['pipeline_delta_bytes'] / gb:.2f} GiB over the {m['rss_before_epoch'] / gb:.2f} GiB of "
+        f"TensorFlow + data ({m['ratio_delta']:.3f} of the float32 size)"
+    )
+    return {
+        "figure": "3. Memory: one epoch at 224x224 through make_pipeline",
+        "data": m["source"],
+        "rows": [m],
+        "measured": f"{fmt(m['ratio_peak_rss'])} (peak RSS / float32 size)",
+        "target": f"< {TARGET}",
+        "pass": ok,
+        "verdict": verdict,
+    }
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ target: on a CPU both placements share the same cores, so the ratio mostly shows
 host's copy of the large images; the option is for accelerators, where the host stops being the
 bottleneck.
 """
+
 from __future__ import annotations
 
 from .common import clear_keras, fit_step_seconds, fmt, load_images, log, median, paired_ratio, time_interleaved
@@ -24,12 +25,12 @@ def _trainer(x, y, image_size: int, in_model: bool, steps: int):
     """A callable that trains ``steps`` steps and returns seconds per step."""
     import keras
 
-    from elastic_lib.backbones import get_backbone
-    from elastic_lib.config import RunConfig
-    from elastic_lib.data import EpochPlan
-    from elastic_lib.exits import build_elastic_model
-    from elastic_lib.loader import make_input
-    from elastic_lib.training import compile_model
+    from elastic_lib.control.config import RunConfig
+    from elastic_lib.data.arrays import EpochPlan
+    from elastic_lib.data.pipeline import make_input
+    from elastic_lib.models.backbones import preprocess_input
+    from elastic_lib.models.exits import build_elastic_model
+    from elastic_lib.train.training import compile_model
 
     keras.utils.set_random_seed(0)
     source = x.shape[1]
@@ -37,8 +38,9 @@ def _trainer(x, y, image_size: int, in_model: bool, steps: int):
     compile_model(model, 0.01, RunConfig(), metrics="final")
     size = source if in_model else image_size
     plan = EpochPlan(len(x), seed=0, phase=2)
-    stream = iter(make_input("auto", x, y, size, get_backbone(BACKBONE).preprocess, BATCH, len(model.outputs),
-                             plan, epochs=1000))
+    stream = iter(
+        make_input("auto", x, y, size, preprocess_input(BACKBONE), BATCH, len(model.outputs), plan, epochs=1000)
+    )
 
     def generator():
         while True:
@@ -59,12 +61,25 @@ def run(quick: bool = False) -> dict:
     clear_keras()
     host, inside = (BATCH / median(got[k]) for k in ("host", "in_model"))
     ratio = paired_ratio(got["host"], got["in_model"])  # seconds host / seconds in_model = images/s ratio
-    from elastic_lib import backend
+    from elastic_lib.control import backend
 
-    row = {"backend": backend.label(), "image_size": image_size, "source_size": int(x.shape[1]), "batch": BATCH,
-           "rounds": repeats, "steps_per_round": steps, "host_images_per_s": host, "in_model_images_per_s": inside,
-           "in_model_over_host": ratio}
-    return {"figure": f"9. Upsampling inside the model vs on the host (training, {image_size} px)", "data": data,
-            "rows": [row], "measured": f"in model {fmt(ratio, 2)}x host images/s", "target": "none (measured only)",
-            "pass": None,
-            "verdict": f"resize in the model: {fmt(ratio, 2)}x the host-resize training images/s at {image_size} px"}
+    row = {
+        "backend": backend.label(),
+        "image_size": image_size,
+        "source_size": int(x.shape[1]),
+        "batch": BATCH,
+        "rounds": repeats,
+        "steps_per_round": steps,
+        "host_images_per_s": host,
+        "in_model_images_per_s": inside,
+        "in_model_over_host": ratio,
+    }
+    return {
+        "figure": f"9. Upsampling inside the model vs on the host (training, {image_size} px)",
+        "data": data,
+        "rows": [row],
+        "measured": f"in model {fmt(ratio, 2)}x host images/s",
+        "target": "none (measured only)",
+        "pass": None,
+        "verdict": f"resize in the model: {fmt(ratio, 2)}x the host-resize training images/s at {image_size} px",
+    }

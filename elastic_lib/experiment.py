@@ -7,6 +7,7 @@ missing says which step to call first. ``finish()`` writes ``DONE`` last. ``run(
 does every step (scripts, tests, benchmarks); ``Experiment.from_run_dir`` reloads a finished
 run's data and trained model (benchmarks, re-measurements).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -18,18 +19,31 @@ import time
 import numpy as np
 import pandas as pd
 
-from . import backend, complexity, early_exit, metrics, protocols, provenance, results
-from .backbones import get_backbone
-from .config import RunConfig
-from .data import EpochPlan, augment_pad, load_dataset, num_batches
-from .loader import first_images, make_input
-from .exits import build_elastic_model, exit_taps, short_output_names
-from .reproducibility import set_determinism
-from .training import committed_state, fit_two_phase, set_bn_momentum
+from elastic_lib import runtime
+from elastic_lib.analysis import metrics, protocols
+from elastic_lib.control import backend, environment, provenance, results
+from elastic_lib.control.config import RunConfig
+from elastic_lib.data.arrays import EpochPlan, augment_pad, load_dataset, num_batches
+from elastic_lib.data.pipeline import first_images, make_input
+from elastic_lib.early_exit import staged as early_exit
+from elastic_lib.models import complexity
+from elastic_lib.models.backbones import preprocess_input
+from elastic_lib.models.exits import build_elastic_model, exit_taps, short_output_names
+from elastic_lib.runtime import set_determinism
+from elastic_lib.train.training import committed_state, fit_two_phase, set_bn_momentum
 
 PROGRESS = "progress.json"
-COST_COLUMNS = ["output", "depth_index", "depth_layers", "params_to_output", "kernel_macs_to_output",
-                "macs_to_output", "flops_to_output", "kernel_macs_fraction_of_final", "micronet_score"]
+COST_COLUMNS = [
+    "output",
+    "depth_index",
+    "depth_layers",
+    "params_to_output",
+    "kernel_macs_to_output",
+    "macs_to_output",
+    "flops_to_output",
+    "kernel_macs_fraction_of_final",
+    "micronet_score",
+]
 
 
 class Experiment:
@@ -37,28 +51,30 @@ class Experiment:
         self.cfg = params if isinstance(params, RunConfig) else RunConfig.from_dict(dict(params))
         self.cfg.validate()
         self.run_dir = os.path.abspath(self.cfg.run_dir())
-        self.determinism: dict | None = None       # setup()
-        self.code: dict | None = None               # setup(): library and notebook hashes at the start
-        self.splits = None                          # load_data()
-        self.model = None                           # build_model()
-        self.costs: pd.DataFrame | None = None      # build_model()
-        self.history: pd.DataFrame | None = None    # train()
-        self.exits: pd.DataFrame | None = None      # evaluate()
+        self.determinism: dict | None = None  # setup()
+        self.code: dict | None = None  # setup(): library and notebook hashes at the start
+        self.splits = None  # load_data()
+        self.model = None  # build_model()
+        self.costs: pd.DataFrame | None = None  # build_model()
+        self.history: pd.DataFrame | None = None  # train()
+        self.exits: pd.DataFrame | None = None  # evaluate()
         self.per_class: pd.DataFrame | None = None  # evaluate()
         self.confusion: pd.DataFrame | None = None  # evaluate()
-        self.test_probs = self.y_test = None        # evaluate()
-        self.val_probs = self.y_val = None          # evaluate()
-        self.policies: dict | None = None           # early_exit(): sweeps, summary, exit_rates, selected
+        self.test_probs = self.y_test = None  # evaluate()
+        self.val_probs = self.y_val = None  # evaluate()
+        self.policies: dict | None = None  # early_exit(): sweeps, summary, exit_rates, selected
         self.latency_df: pd.DataFrame | None = None  # latency()
         self.timings: dict[str, float] = {}
-        self.resumed: str = ""                       # setup(): what a rerun kept of an interrupted one
+        self.resumed: str = ""  # setup(): what a rerun kept of an interrupted one
         self._strategy = None
 
     def _require(self, step: str, *attrs: str) -> None:
         missing = [a for a in attrs if getattr(self, a) is None]
         if missing:
-            raise RuntimeError(f"Experiment.{step}() needs {', '.join(missing)}; run the earlier steps first "
-                               "(setup, load_data, build_model, train, evaluate, early_exit, latency, finish)")
+            raise RuntimeError(
+                f"Experiment.{step}() needs {', '.join(missing)}; run the earlier steps first "
+                "(setup, load_data, build_model, train, evaluate, early_exit, latency, finish)"
+            )
 
     # ------------------------------------------------------------ setup
     def setup(self) -> str:
@@ -67,7 +83,7 @@ class Experiment:
         of an interrupted run with the same parameters (``resume/``) is kept: train() goes on
         from its last finished epoch; with other parameters it is discarded."""
         if self.cfg.refinery_run:  # a missing or mismatched teacher is a clear error before anything runs
-            from .refinery import check_refinery
+            from elastic_lib.train.refinery import check_refinery
 
             check_refinery(self.cfg.refinery_dir, self.cfg)
         os.makedirs(self.run_dir, exist_ok=True)
@@ -75,8 +91,13 @@ class Experiment:
         results.clear_run(self.run_dir)
         self._keep_or_drop_resume_state()
         self.determinism = set_determinism(self.cfg.seed)
-        results.write_params(self.run_dir, self.cfg.experiment_params(), plumbing=self.cfg.plumbing(),
-                             determinism=self.determinism)
+        results.write_params(
+            self.run_dir,
+            self.cfg.experiment_params(),
+            plumbing=self.cfg.plumbing(),
+            determinism=self.determinism,
+            environment=environment.record(runtime.backend_details()),
+        )
         return self.run_dir
 
     @property
@@ -98,19 +119,19 @@ class Experiment:
 
     def _resume_point(self) -> str:
         """What an interrupted run left, e.g. "phase1 finished; phase2 at epoch 2" ("": nothing)."""
-        done = sorted(f[:-len("_history.csv")] for f in os.listdir(self.state_dir) if f.endswith("_history.csv"))
+        done = sorted(f[: -len("_history.csv")] for f in os.listdir(self.state_dir) if f.endswith("_history.csv"))
         states = {d: committed_state(os.path.join(self.state_dir, d)) for d in ("phase1", "phase2")}
         inflight = [f"{d} at epoch {st['epoch']}" for d, st in states.items() if st]
         return "; ".join(([f"{', '.join(done)} finished"] if done else []) + inflight)
 
     def header(self) -> str:
         """The run's first printed lines: id, seed, devices, and what an interrupted run left."""
-        from .reproducibility import machine_info
-
         c = self.cfg
-        lines = [f"run: {c.run_id()} | seed {c.seed} | op determinism on",
-                 f"devices: {machine_info().get('devices', '?')} | precision {c.precision}"
-                 f"{' | XLA' if c.jit_compile else ''}"]
+        lines = [
+            f"run: {c.run_id()} | seed {c.seed} | op determinism on",
+            f"devices: {runtime.backend_details().get('devices', '?')} | precision {c.precision}"
+            f"{' | XLA' if c.jit_compile else ''}",
+        ]
         if self.resumed:
             lines.append(f"resuming an interrupted run: {self.resumed}")
         return "\n".join(lines)
@@ -123,14 +144,14 @@ class Experiment:
         import tensorflow as tf
 
         if self._strategy is None:
-            self._strategy = (tf.distribute.MirroredStrategy() if self.cfg.strategy == "mirrored"
-                              else tf.distribute.get_strategy())
+            self._strategy = (
+                tf.distribute.MirroredStrategy() if self.cfg.strategy == "mirrored" else tf.distribute.get_strategy()
+            )
         return self._strategy
 
     def load_data(self):
         c = self.cfg
-        self.splits = load_dataset(c.dataset, os.path.expanduser(c.data_dir) or None, c.label_mode, c.val_fraction,
-                                   c.seed, c.limit_per_class, c.test_limit_per_class)
+        self.splits = load_dataset(c.dataset, **c.data_options())
         return self.splits
 
     def build_model(self):
@@ -153,9 +174,14 @@ class Experiment:
         before = keras.config.dtype_policy()
         keras.config.set_dtype_policy(c.precision)
         try:
-            return build_elastic_model(c.backbone, self.splits.num_classes, c.image_size, c.exit_spec, c.final_head,
-                                       weights, c.dropout, c.extra_exit_list, c.head, c.am_scale, c.backbone_options,
-                                       c.host_image_size(self.splits.x_train.shape[1]))
+            return build_elastic_model(
+                c.backbone,
+                self.splits.num_classes,
+                c.image_size,
+                weights=weights,
+                source_size=c.host_image_size(self.splits.x_train.shape[1]),
+                **c.model_options(),
+            )
         finally:
             keras.config.set_dtype_policy(before)
 
@@ -163,7 +189,7 @@ class Experiment:
     def preprocess(self):
         """``preprocess_input`` of the backbone (native) or InceptionV3's for every backbone
         (inception: scale to [-1, 1], what the original code did)."""
-        return get_backbone("inception_v3" if self.cfg.preprocess == "inception" else self.cfg.backbone).preprocess
+        return preprocess_input("inception_v3" if self.cfg.preprocess == "inception" else self.cfg.backbone)
 
     def pipeline(self, split: str, shuffle: bool = False, phase: int = 1, first_epoch: int = 0, epochs: int = 1):
         """The input of ``split`` (``input_pipeline``: tf.data or ``loader.ArrayBatches``, the same
@@ -176,24 +202,38 @@ class Experiment:
             y = self.refinery_targets if split == "train" else np.eye(s.num_classes, dtype=np.float32)[y]
         size = c.host_image_size(x.shape[1])
         plan = EpochPlan(len(x), c.seed, phase, shuffle, augment_pad(size) if c.augment and shuffle else 0)
-        return make_input(c.input_pipeline, x, y, size, self.preprocess, c.batch_size, len(self.model.outputs),
-                          plan, epochs, first_epoch)
+        return make_input(
+            c.input_pipeline,
+            x,
+            y,
+            size,
+            self.preprocess,
+            c.batch_size,
+            len(self.model.outputs),
+            plan,
+            epochs,
+            first_epoch,
+        )
 
     def train_input(self, phase: int, first_epoch: int, epochs: int):
         """``fit_two_phase``'s training stream: (epochs ``first_epoch ..`` of ``phase``, steps per epoch)."""
-        return (self.pipeline("train", True, phase, first_epoch, epochs),
-                num_batches(len(self.splits.y_train), self.cfg.batch_size))
+        return (
+            self.pipeline("train", True, phase, first_epoch, epochs),
+            num_batches(len(self.splits.y_train), self.cfg.batch_size),
+        )
 
     @property
     def refinery_targets(self) -> np.ndarray:
         """Label refinery: the ``refinery_run``'s ``refinery_output`` probabilities on this run's
         training images (computed once)."""
         if getattr(self, "_refinery_targets", None) is None:
-            from .refinery import refinery_targets
+            from elastic_lib.train.refinery import refinery_targets
 
             c = self.cfg
-            self._refinery_targets = refinery_targets(c.refinery_dir, c, self.splits.x_train, self.splits.num_classes,
-                                                      c.refinery_output)
+            teacher = Experiment.from_run_dir(c.refinery_dir)
+            self._refinery_targets = refinery_targets(
+                c.refinery_dir, teacher, c, self.splits.x_train, self.splits.num_classes, c.refinery_output
+            )
         return self._refinery_targets
 
     @property
@@ -202,7 +242,7 @@ class Experiment:
         every exit also learning the final output's softened predictions (``heads``)."""
         if not self.cfg.self_distillation:
             return self.model
-        from .heads import with_self_distillation
+        from elastic_lib.models.heads import with_self_distillation
 
         return with_self_distillation(self.model, self.cfg.distill_temperature, self.cfg.distill_weight)
 
@@ -212,10 +252,17 @@ class Experiment:
         t0 = time.perf_counter()
         if not os.path.isdir(self.state_dir):  # train() without setup(), e.g. from a script
             self._keep_or_drop_resume_state()
-        self.history = fit_two_phase(self.training_model, self.train_input, self.pipeline("val"), self.cfg,
-                                     strategy=self.strategy() if self.cfg.strategy != "default" else None,
-                                     verbose=verbose, state_dir=self.state_dir, test_ds=self.pipeline("test"),
-                                     progress=os.path.join(self.run_dir, PROGRESS))
+        self.history = fit_two_phase(
+            self.training_model,
+            self.train_input,
+            self.pipeline("val"),
+            self.cfg,
+            strategy=self.strategy() if self.cfg.strategy != "default" else None,
+            verbose=verbose,
+            state_dir=self.state_dir,
+            test_ds=self.pipeline("test"),
+            progress=os.path.join(self.run_dir, PROGRESS),
+        )
         self.timings["train_s"] = time.perf_counter() - t0
         tmp = os.path.join(self.run_dir, ".tmp_model.weights.h5")
         self.model.save_weights(tmp)
@@ -234,7 +281,8 @@ class Experiment:
         """Every output on the test split (and top-1 on validation, for model selection)."""
         self._require("evaluate", "splits", "model", "costs")
         exits_df, self.per_class, self.confusion, self.test_probs, self.y_test = metrics.evaluate(
-            self.model, self.pipeline("test"), self.splits.class_names)
+            self.model, self.pipeline("test"), self.splits.class_names
+        )
         self.val_probs, self.y_val = metrics.predict_outputs(self.model, self.pipeline("val"))
         exits_df.insert(1, "tap_layer", exit_taps(self.model))
         exits_df["val_top1_err_pct"] = [100 * (1 - (p.argmax(1) == self.y_val).mean()) for p in self.val_probs]
@@ -268,11 +316,16 @@ class Experiment:
         A baseline (one output) has no early exit: an empty frame."""
         self._require("early_exit", "val_probs", "test_probs", "costs")
         if len(self.model.outputs) < 2:
-            self.policies = {"sweeps": pd.DataFrame(), "summary": pd.DataFrame(), "exit_rates": pd.DataFrame(),
-                             "selected": {}}
+            self.policies = {
+                "sweeps": pd.DataFrame(),
+                "summary": pd.DataFrame(),
+                "exit_rates": pd.DataFrame(),
+                "selected": {},
+            }
             return self.policies["summary"]
-        self.policies = early_exit.policy_report((self.val_probs, self.y_val), (self.test_probs, self.y_test),
-                                                 self.costs, self.cfg.target_drop_pct)
+        self.policies = early_exit.policy_report(
+            (self.val_probs, self.y_val), (self.test_probs, self.y_test), self.costs, self.cfg.target_drop_pct
+        )
         results.write_csv(self.run_dir, "early_exit.csv", self.policies["sweeps"], ["criterion", "threshold"])
         results.write_csv(self.run_dir, "early_exit_summary.csv", self.policies["summary"])
         results.write_csv(self.run_dir, "exit_rates.csv", self.policies["exit_rates"])
@@ -295,13 +348,21 @@ class Experiment:
         self._require("latency", "policies", "costs")
         c = self.cfg
         if c.latency_repeats == 0:
-            self.latency_df = pd.DataFrame(columns=["output", "latency_ms", "latency_std_ms", "speedup_vs_final",
-                                                    "flops_ratio_vs_final"])
+            self.latency_df = pd.DataFrame(
+                columns=["output", "latency_ms", "latency_std_ms", "speedup_vs_final", "flops_ratio_vs_final"]
+            )
         else:
             images = first_images(self.pipeline("test"), c.latency_images)
             threshold = self.policies["selected"].get(c.exit_criterion)
-            self.latency_df = early_exit.latency_report(self.model, images[:1], images[:c.latency_images], self.costs,
-                                                        c.exit_criterion, threshold, c.latency_repeats)
+            self.latency_df = early_exit.latency_report(
+                self.model,
+                images[:1],
+                images[: c.latency_images],
+                self.costs,
+                c.exit_criterion,
+                threshold,
+                c.latency_repeats,
+            )
         results.write_csv(self.run_dir, "latency.csv", self.latency_df)
         return self.latency_df
 
@@ -311,31 +372,52 @@ class Experiment:
         if not c.compare_depth_of or len(self.model.outputs) < 2:
             return pd.DataFrame()
         self._require("same_depth", "exits")
-        other = build_elastic_model(c.compare_depth_of, self.splits.num_classes, c.image_size, "none", c.final_head,
-                                    dropout=c.dropout)
+        other = build_elastic_model(
+            c.compare_depth_of,
+            self.splits.num_classes,
+            c.image_size,
+            exits="none",
+            final_head=c.final_head,
+            dropout=c.dropout,
+        )
         depth = int(complexity.complexity_frame(other)["depth_layers"].iloc[-1])
         row = early_exit.nearest_exit_to_depth(self.costs, depth)
         err = self.exits.set_index("output").loc[row["output"]]
-        df = pd.DataFrame([{"compare_to": c.compare_depth_of, "compare_depth_layers": depth, "output": row["output"],
-                            "tap_layer": row["tap_layer"], "depth_layers": int(row["depth_layers"]),
-                            "top1_err_pct": err["top1_err_pct"], "flops_to_output": row["flops_to_output"],
-                            "params_to_output": row["params_to_output"]}])
+        df = pd.DataFrame(
+            [
+                {
+                    "compare_to": c.compare_depth_of,
+                    "compare_depth_layers": depth,
+                    "output": row["output"],
+                    "tap_layer": row["tap_layer"],
+                    "depth_layers": int(row["depth_layers"]),
+                    "top1_err_pct": err["top1_err_pct"],
+                    "flops_to_output": row["flops_to_output"],
+                    "params_to_output": row["params_to_output"],
+                }
+            ]
+        )
         results.write_csv(self.run_dir, "same_depth.csv", df)
         return df
 
     def report(self) -> str:
         """The analysis report in the Inception-v4 study's layout (``report.md``, Markdown)."""
-        from .reproducibility import machine_info
-        from .report import analysis_report
+        from elastic_lib.analysis.report import analysis_report
 
         self._require("report", "exits", "per_class", "latency_df")
-        c, info = self.cfg, machine_info()
+        c, info = self.cfg, environment.machine_info(runtime.backend_details())
         gpus = [d for d in str(info.get("devices", "")).split(", ") if d.startswith("GPU")]
         device = gpus[0] if gpus else f"CPU: {info['cpu_model']}, {info['cpu_count']} cores"
-        config = {"backbone": c.backbone, "variant": c.variant, "dataset": c.dataset_label,
-                  "image size": f"{c.image_size}x{c.image_size}", "seed": c.seed, "head": c.head,
-                  **{k.replace("_", " "): v for k, v in c.backbone_options.items()},
-                  "test images": int(self.exits["n"].iloc[-1])}
+        config = {
+            "backbone": c.backbone,
+            "variant": c.variant,
+            "dataset": c.dataset_label,
+            "image size": f"{c.image_size}x{c.image_size}",
+            "seed": c.seed,
+            "head": c.head,
+            **{k.replace("_", " "): v for k, v in c.backbone_options.items()},
+            "test images": int(self.exits["n"].iloc[-1]),
+        }
         text = analysis_report(c.run_id(), config, self.exits, self.per_class, self.latency_df, device)
         results.atomic_write_text(os.path.join(self.run_dir, "report.md"), text)
         return text
@@ -347,19 +429,28 @@ class Experiment:
         final = self.exits.iloc[-1]
         best = self.exits.loc[self.exits["val_top1_err_pct"].idxmin()]
         lat = self.latency_df.set_index("output")
-        row = {"num_outputs": len(self.model.outputs), "total_params": whole["total_params"],
-               "trainable_params": whole["trainable_params"], "non_trainable_params": whole["non_trainable_params"],
-               "final_params": int(final["params_to_output"]),
-               "final_kernel_macs": int(final["kernel_macs_to_output"]), "final_flops": int(final["flops_to_output"]),
-               "all_outputs_flops": whole["flops"],
-               "final_top1_err_pct": final["top1_err_pct"], "final_top5_err_pct": final["top5_err_pct"],
-               "final_macro_f1": final["macro_f1"], "final_loss": final["loss"],
-               "best_output": best["output"], "best_top1_err_pct": best["top1_err_pct"],
-               "min_exit_top1_err_pct": float(self.exits["top1_err_pct"].min()),
-               **protocols.reported(self.exits, self.test_history),
-               "final_latency_ms": float(lat.loc["final", "latency_ms"]) if "final" in lat.index else np.nan,
-               "train_s": self.timings.get("train_s", np.nan), "epochs_run": len(self.history),
-               "resumed_from": self.resumed}
+        row = {
+            "num_outputs": len(self.model.outputs),
+            "total_params": whole["total_params"],
+            "trainable_params": whole["trainable_params"],
+            "non_trainable_params": whole["non_trainable_params"],
+            "final_params": int(final["params_to_output"]),
+            "final_kernel_macs": int(final["kernel_macs_to_output"]),
+            "final_flops": int(final["flops_to_output"]),
+            "all_outputs_flops": whole["flops"],
+            "final_top1_err_pct": final["top1_err_pct"],
+            "final_top5_err_pct": final["top5_err_pct"],
+            "final_macro_f1": final["macro_f1"],
+            "final_loss": final["loss"],
+            "best_output": best["output"],
+            "best_top1_err_pct": best["top1_err_pct"],
+            "min_exit_top1_err_pct": float(self.exits["top1_err_pct"].min()),
+            **protocols.reported(self.exits, self.test_history),
+            "final_latency_ms": float(lat.loc["final", "latency_ms"]) if "final" in lat.index else np.nan,
+            "train_s": self.timings.get("train_s", np.nan),
+            "epochs_run": len(self.history),
+            "resumed_from": self.resumed,
+        }
         df = pd.DataFrame([row])
         results.write_csv(self.run_dir, "summary.csv", df)
         return df
@@ -385,7 +476,6 @@ class Experiment:
         params = {**results.read_params(run_dir, with_plumbing=True), "output_dir": run_dir, "write_done": False}
         exp = cls(params)
         exp.load_data()
-        c = exp.cfg
         exp.model = exp._build(None)
         exp.model.load_weights(os.path.join(run_dir, "model.weights.h5"))
         exp.costs = complexity.complexity_frame(exp.model)

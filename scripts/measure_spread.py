@@ -3,7 +3,7 @@
 Each run of a profile is trained in a fresh process per ``ONEDNN_MAX_CPU_ISA`` cap (a cap
 makes oneDNN pick other kernels, as another CPU does; the cap must be set before TensorFlow
 starts) and per extra seed (host kernels); every output's test/validation metrics go to one
-long CSV. ``python -m elastic_lib.reproducibility tolerances`` turns that CSV into the
+long CSV. ``python -m elastic_lib.control.reproducibility tolerances`` turns that CSV into the
 tolerances of the regression tests.
 
     python scripts/measure_spread.py --profile smoke --caps host,AVX512_CORE,AVX2,AVX,SSE41 \
@@ -16,6 +16,7 @@ On another machine than the one that made the committed runs, ``--label NAME`` r
 ``NAME:host``, ``NAME:AVX2``, ...: the tolerances then cover that machine's deviation from the
 committed host too (``host`` stays the reference machine's own kernels).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,8 +29,9 @@ import pandas as pd
 import yaml
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from elastic_lib.config import load_profile  # noqa: E402
-from elastic_lib.reproducibility import SPREAD_COLUMNS, TRAINED_METRICS, run_in_subprocess  # noqa: E402
+from elastic_lib.control.profiles import load_profile
+from elastic_lib.control.reproducibility import SPREAD_COLUMNS, TRAINED_METRICS, run_in_subprocess
+
 
 def rows_of(run_dir: str, run: str, cap: str, seed: int) -> pd.DataFrame:
     exits = pd.read_csv(os.path.join(run_dir, "exits.csv"))
@@ -50,11 +52,19 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--profile", default="smoke")
     ap.add_argument("--only", default="", help="substring of the run ids to measure")
-    ap.add_argument("--caps", default="host,AVX512_CORE,AVX2,AVX,SSE41",
-                    help="ONEDNN_MAX_CPU_ISA values, 'host' = unset (seed of the profile)")
+    ap.add_argument(
+        "--caps",
+        default="host,AVX512_CORE,AVX2,AVX,SSE41",
+        help="ONEDNN_MAX_CPU_ISA values, 'host' = unset (seed of the profile)",
+    )
     ap.add_argument("--seeds", default="1,2", help="extra seeds, trained with host kernels")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a run parameter (YAML value), e.g. --set phase2_epochs=20")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a run parameter (YAML value), e.g. --set phase2_epochs=20",
+    )
     ap.add_argument("--label", default="", help="another machine than the reference: its rows' isa_cap is LABEL:cap")
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
@@ -78,8 +88,11 @@ def main(argv=None) -> int:
         os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
         rows.to_csv(a.out, mode="a", header=header, index=False, float_format="%.6g")
         final = rows[rows["output"] == "final"].iloc[0]
-        print(f"[{i}/{len(jobs)}] {run} cap={label} seed={seed}: final top-1 err {final['top1_err_pct']:.2f}%, "
-              f"{final['epochs_run']} epochs, {time.perf_counter() - t0:.0f}s", flush=True)
+        print(
+            f"[{i}/{len(jobs)}] {run} cap={label} seed={seed}: final top-1 err {final['top1_err_pct']:.2f}%, "
+            f"{final['epochs_run']} epochs, {time.perf_counter() - t0:.0f}s",
+            flush=True,
+        )
     return 0
 
 

@@ -1,5 +1,8 @@
 """Shared fixtures. Environment first: TensorFlow must see it before it is imported."""
-import elastic_lib  # noqa: F401  (setup_environment() on import)
+
+import elastic_lib
+
+elastic_lib.setup_environment()  # before any test imports Keras: quiet logs, the backend from ELASTIC_BACKEND
 
 from pathlib import Path  # noqa: E402
 
@@ -10,8 +13,10 @@ TESTS_DIR = Path(__file__).resolve().parent
 REFERENCE_DIR = TESTS_DIR / "reference"
 # CI clones the repo next to shared/; users do not have it, so the CIFAR tests skip there.
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-CIFAR_ARCHIVES = {"cifar10": Path("cifar10-subset") / "cifar-10-python.tar.gz",
-                  "cifar100": Path("cifar100-subset") / "cifar-100-python.tar.gz"}
+CIFAR_ARCHIVES = {
+    "cifar10": Path("cifar10-subset") / "cifar-10-python.tar.gz",
+    "cifar100": Path("cifar100-subset") / "cifar-100-python.tar.gz",
+}
 
 
 @pytest.fixture(scope="session")
@@ -46,8 +51,8 @@ def mobilenet_elastic():
     tests must not train, recompile or change it."""
     import keras
 
-    from elastic_lib import build_elastic_model
-    from elastic_lib.backbones import get_backbone
+    from elastic_lib.models.backbones import preprocess_input
+    from elastic_lib.models.exits import build_elastic_model
 
     keras.utils.set_random_seed(0)
     model = build_elastic_model("mobilenet_0.75", num_classes=10, image_size=32, exits="all")
@@ -58,7 +63,7 @@ def mobilenet_elastic():
 
     d = load_digits()
     x = np.repeat(d.images[:256, :, :, None] * (255.0 / 16.0), 3, axis=-1).astype(np.float32)
-    x = get_backbone("mobilenet_0.75").preprocess(keras.ops.convert_to_numpy(keras.ops.image.resize(x, (32, 32))))
+    x = preprocess_input("mobilenet_0.75")(keras.ops.convert_to_numpy(keras.ops.image.resize(x, (32, 32))))
     y = d.target[:256]
     n = len(model.outputs)
     model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), loss=["sparse_categorical_crossentropy"] * n)

@@ -5,6 +5,7 @@ of the architecture, so any backend, Keras version or refactor that moves one is
 
     python tests/golden_complexity.py      # rewrites tests/reference/registry_complexity.json
 """
+
 import json
 import sys
 from pathlib import Path
@@ -13,12 +14,13 @@ GOLDEN = Path(__file__).resolve().parent / "reference" / "registry_complexity.js
 
 
 def registry_counts(names=None) -> dict:
-    from elastic_lib import build_elastic_model, complexity
-    from elastic_lib.backbones import get_backbone, list_backbones
+    from elastic_lib.control.registry import get_backbone, list_backbones
+    from elastic_lib.models import complexity
+    from elastic_lib.models.exits import build_elastic_model
 
     out = {}
     for name in names or list_backbones():
-        model = build_elastic_model(name, 10, get_backbone(name).min_size, "all", final_head="gap")
+        model = build_elastic_model(name, 10, get_backbone(name).min_size, exits="all", final_head="gap")
         frame = complexity.complexity_frame(model)
         out[name] = frame.drop(columns=["tap_layer"], errors="ignore").to_dict("list")
     return out

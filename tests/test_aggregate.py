@@ -1,24 +1,58 @@
 """The aggregated paper-style table from hand-made run directories (golden values written by hand)."""
+
 import pandas as pd
 import pytest
 import yaml
 
-from elastic_lib import aggregate
+from elastic_lib.analysis import aggregate
 
 
 def _run(root, backbone, dataset, variant, seed, clean, paper, params, macs, n_test=100, dirty=False):
     d = root / f"{backbone}__{dataset}__{variant}__seed{seed}"
     d.mkdir(parents=True)
-    p = {"backbone": backbone, "dataset": dataset, "variant": variant, "seed": seed, "label_mode": "fine",
-         "image_size": 32, "weights": "", "limit_per_class": 0, "val_fraction": 0.2, "phase1_epochs": 1,
-         "phase2_epochs": 5}
-    (d / "params.yaml").write_text(yaml.safe_dump({"parameters": p, "plumbing": {"data_dir": "data"},
-                                                   "environment": {"git_commit": "abcdef0123", "git_dirty": dirty}}))
-    pd.DataFrame([{"final_top1_err_pct": clean + 1, "best_top1_err_pct": clean, "clean_protocol_top1_err_pct": clean,
-                   "paper_protocol_top1_err_pct": paper, "final_top5_err_pct": 1.0, "final_macro_f1": 0.5,
-                   "final_loss": 1.0, "final_kernel_macs": macs, "final_flops": 2 * macs, "final_params": params,
-                   "total_params": params + 10, "trainable_params": params, "non_trainable_params": 10,
-                   "final_latency_ms": 1.0, "epochs_run": 4 + seed}]).to_csv(d / "summary.csv", index=False)
+    p = {
+        "backbone": backbone,
+        "dataset": dataset,
+        "variant": variant,
+        "seed": seed,
+        "label_mode": "fine",
+        "image_size": 32,
+        "weights": "",
+        "limit_per_class": 0,
+        "val_fraction": 0.2,
+        "phase1_epochs": 1,
+        "phase2_epochs": 5,
+    }
+    (d / "params.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "parameters": p,
+                "plumbing": {"data_dir": "data"},
+                "environment": {"git_commit": "abcdef0123", "git_dirty": dirty},
+            }
+        )
+    )
+    pd.DataFrame(
+        [
+            {
+                "final_top1_err_pct": clean + 1,
+                "best_top1_err_pct": clean,
+                "clean_protocol_top1_err_pct": clean,
+                "paper_protocol_top1_err_pct": paper,
+                "final_top5_err_pct": 1.0,
+                "final_macro_f1": 0.5,
+                "final_loss": 1.0,
+                "final_kernel_macs": macs,
+                "final_flops": 2 * macs,
+                "final_params": params,
+                "total_params": params + 10,
+                "trainable_params": params,
+                "non_trainable_params": 10,
+                "final_latency_ms": 1.0,
+                "epochs_run": 4 + seed,
+            }
+        ]
+    ).to_csv(d / "summary.csv", index=False)
     pd.DataFrame([{"output": "final", "n": n_test}]).to_csv(d / "exits.csv", index=False)
     (d / "DONE").write_text("ok\n")
 
@@ -43,9 +77,19 @@ def test_paper_table_layout_values_and_caption(tmp_path):
     assert rows["MobileNet (α = 0.75)"][3] == "6.4 · 6.4" and rows["MobileNet (α = 0.75)"][4] == "1,000 · 1,090"
     assert rows["Elastic-MobileNet (α = 0.75)"][2] == ""  # no CIFAR-100 elastic run
     cap = aggregate.caption("demo", str(prof), long)
-    for words in ("4 runs", "32 px", "random init", "all training images", "CIFAR-10 100", "seeds 0, 1",
-                  "clean protocol", "paper protocol", "kernel MACs", "abcdef0, abcdef0 with uncommitted changes",
-                  "up to 1 + 5 epochs (phase 1 + phase 2), 4–5 epochs run (early stopping on validation loss)"):
+    for words in (
+        "4 runs",
+        "32 px",
+        "random init",
+        "all training images",
+        "CIFAR-10 100",
+        "seeds 0, 1",
+        "clean protocol",
+        "paper protocol",
+        "kernel MACs",
+        "abcdef0, abcdef0 with uncommitted changes",
+        "up to 1 + 5 epochs (phase 1 + phase 2), 4–5 epochs run (early stopping on validation loss)",
+    ):
         assert words in cap, words
 
 
@@ -58,9 +102,13 @@ def test_resnet50_legacy_stands_beside_the_papers_resnet50():
 def _predictions(run_dir, wrong: set[int], n: int = 20):
     """predictions.csv of n images with label i % 10; the images in ``wrong`` predicted wrong."""
     labels = [i % 10 for i in range(n)]
-    pd.DataFrame({"image_index": range(n), "label": labels,
-                  "pred_final": [(lab + 1) % 10 if i in wrong else lab for i, lab in enumerate(labels)]}).to_csv(
-        run_dir / "predictions.csv", index=False)
+    pd.DataFrame(
+        {
+            "image_index": range(n),
+            "label": labels,
+            "pred_final": [(lab + 1) % 10 if i in wrong else lab for i, lab in enumerate(labels)],
+        }
+    ).to_csv(run_dir / "predictions.csv", index=False)
 
 
 def test_paired_differences_over_seeds_and_images(tmp_path):
@@ -78,7 +126,12 @@ def test_paired_differences_over_seeds_and_images(tmp_path):
     # exact McNemar by hand: seed 0: 2 * P(X <= 1 | 4, 1/2) = 2 * 5/16; seed 1: 2 * P(X <= 0 | 2, 1/2) = 2 * 1/4
     assert per_seed["mcnemar_p"].tolist() == [0.625, 0.5]
     r = pairs.iloc[0]
-    assert (r["n_seeds"], r["elastic_err_mean_pct"], r["baseline_err_mean_pct"], r["diff_mean_pts"]) == (2, 7.5, 17.5, -10)
+    assert (r["n_seeds"], r["elastic_err_mean_pct"], r["baseline_err_mean_pct"], r["diff_mean_pts"]) == (
+        2,
+        7.5,
+        17.5,
+        -10,
+    )
     assert r["diff_ci95_seeds_low_pts"] == r["diff_ci95_seeds_high_pts"] == -10  # no spread over seeds
     assert r["diff_ci95_images_low_pts"] < -10 < r["diff_ci95_images_high_pts"] and r["mcnemar_p_max"] == 0.625
     text = aggregate.verdict(r)
@@ -96,8 +149,10 @@ def test_the_gain_holds_only_when_seeds_and_images_both_exclude_zero(tmp_path):
     pairs, per_seed = aggregate.paired_differences(str(prof))
     assert per_seed["diff_pts"].tolist() == [-15.0, -18.0, -16.0]
     r = pairs.iloc[0]  # t interval by hand: -16.33 -/+ 4.303 * 1.528 / sqrt(3) = [-20.13, -12.54]
-    assert (r["diff_ci95_seeds_low_pts"], r["diff_ci95_seeds_high_pts"]) == (pytest.approx(-20.13, abs=0.01),
-                                                                          pytest.approx(-12.54, abs=0.01))
+    assert (r["diff_ci95_seeds_low_pts"], r["diff_ci95_seeds_high_pts"]) == (
+        pytest.approx(-20.13, abs=0.01),
+        pytest.approx(-12.54, abs=0.01),
+    )
     assert r["diff_ci95_seeds_high_pts"] < 0 and r["diff_ci95_images_high_pts"] < 0
     assert "the elastic gain holds" in aggregate.verdict(r)
 

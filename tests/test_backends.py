@@ -7,6 +7,7 @@
   registry), and an experiment runs end to end on JAX. The other backends' environments are the ones
   ``./run_tests.sh`` sets up (``.venv-jax``, ``.venv-torch``, see ``scripts/env.sh``).
 """
+
 import json
 import os
 import subprocess
@@ -16,11 +17,12 @@ import pandas as pd
 import pytest
 
 from conftest import REFERENCE_DIR  # noqa: F401  (the tests' conftest first: environment before Keras)
-from elastic_lib import backend
-from elastic_lib.backbones import get_backbone
-from elastic_lib.config import ConfigError, RunConfig
-from elastic_lib.data import EpochPlan, load_dataset, num_batches
-from elastic_lib.loader import ArrayBatches, flip_translate
+from elastic_lib.control import backend
+from elastic_lib.control.config import ConfigError, RunConfig
+from elastic_lib.control.registry import get_backbone
+from elastic_lib.data.arrays import EpochPlan, load_dataset, num_batches
+from elastic_lib.data.pipeline import ArrayBatches, flip_translate
+from elastic_lib.models.backbones import preprocess_input
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.backend  # ./run_tests.sh runs this file on every backend
@@ -49,7 +51,7 @@ def test_epoch_plan_is_a_function_of_seed_phase_and_epoch():
 
 def test_a_resumed_stream_is_the_tail_of_the_uninterrupted_one():
     s = load_dataset("digits", limit_per_class=5)  # 40 train images: 3 batches of 16 per epoch
-    pre = get_backbone("mobilenet_0.75").preprocess
+    pre = preprocess_input("mobilenet_0.75")
     plan = EpochPlan(len(s.y_train), seed=1, phase=2, pad=2)
     whole = ArrayBatches(s.x_train, s.y_train, 16, pre, 16, 2, plan, epochs=3)
     resumed = ArrayBatches(s.x_train, s.y_train, 16, pre, 16, 2, plan, epochs=1, first_epoch=2)
@@ -84,15 +86,16 @@ def test_flip_translate_against_explicit_loops():
 
 
 @pytest.mark.requires_tensorflow
-@pytest.mark.parametrize("shuffle,pad,one_hot,size", [(False, 0, False, 16), (True, 0, False, 32),
-                                                      (True, 3, False, 24), (True, 0, True, 8)])
+@pytest.mark.parametrize(
+    "shuffle,pad,one_hot,size", [(False, 0, False, 16), (True, 0, False, 32), (True, 3, False, 24), (True, 0, True, 8)]
+)
 def test_loader_yields_the_tf_data_batches(shuffle, pad, one_hot, size):
     """Same splits, order, augmentation and preprocessing: labels equal, images to float rounding."""
-    from elastic_lib.data import make_pipeline
+    from elastic_lib.data.arrays import make_pipeline
 
     s = load_dataset("digits", limit_per_class=12)
     y = np.eye(10, dtype=np.float32)[s.y_train] if one_hot else s.y_train
-    pre = get_backbone("resnet50").preprocess if size == 24 else get_backbone("mobilenet_0.75").preprocess
+    pre = preprocess_input("resnet50") if size == 24 else preprocess_input("mobilenet_0.75")
     plan = EpochPlan(len(y), seed=5, phase=2, shuffle=shuffle, pad=pad)
     fast = make_pipeline(s.x_train, y, size, pre, 20, 3, plan, epochs=2, first_epoch=1)
     neutral = ArrayBatches(s.x_train, y, size, pre, 20, 3, plan, epochs=2, first_epoch=1)
@@ -107,7 +110,7 @@ def test_loader_yields_the_tf_data_batches(shuffle, pad, one_hot, size):
 
 # ---------------------------------------------------------------- TensorFlow-only steps
 def test_tensorflow_only_steps_refuse_on_another_backend(monkeypatch):
-    from elastic_lib.data import make_pipeline
+    from elastic_lib.data.arrays import make_pipeline
 
     monkeypatch.setenv("KERAS_BACKEND", "jax")
     with pytest.raises(backend.BackendError, match="KERAS_BACKEND=tensorflow.*runs Keras on jax"):
@@ -124,7 +127,10 @@ def test_tensorflow_only_steps_refuse_on_another_backend(monkeypatch):
 def test_backend_label_and_version_without_importing_it():
     name = backend.name()
     assert name in backend.BACKENDS and backend.version() != "not installed"
-    assert backend.label() == {"tensorflow": "TensorFlow", "jax": "JAX", "torch": "PyTorch"}[name] + " " + backend.version()
+    assert (
+        backend.label()
+        == {"tensorflow": "TensorFlow", "jax": "JAX", "torch": "PyTorch"}[name] + " " + backend.version()
+    )
     assert backend.version(name) == __import__(name).__version__
 
 
@@ -137,25 +143,28 @@ def test_counts_match_the_registry_golden_file():
 
     golden = json.loads(GOLDEN.read_text())
     mine = registry_counts()
-    assert sorted(mine) == sorted(golden) and len(mine) >= 15, "python tests/golden_complexity.py after a registry change"
+    assert sorted(mine) == sorted(golden) and len(mine) >= 15, (
+        "python tests/golden_complexity.py after a registry change"
+    )
     for name in mine:
         a, b = pd.DataFrame(mine[name]), pd.DataFrame(golden[name])
         assert sorted(a.columns) == sorted(b.columns), name
-        pd.testing.assert_frame_equal(a[sorted(a.columns)], b[sorted(b.columns)], check_exact=True,
-                                      obj=f"{name} on {backend.name()}")
+        pd.testing.assert_frame_equal(
+            a[sorted(a.columns)], b[sorted(b.columns)], check_exact=True, obj=f"{name} on {backend.name()}"
+        )
 
 
 @pytest.mark.slow
 def test_each_phase_trains_what_it_should_on_this_backend():
     """One epoch of phase 1 moves the heads only (backbone frozen, BatchNorm statistics kept), one
     of phase 2 the backbone too; the history is finite (what ./run_tests.sh checks on PyTorch)."""
-    from elastic_lib.exits import build_elastic_model, is_head_layer
-    from elastic_lib.loader import make_input
-    from elastic_lib.reproducibility import set_determinism
-    from elastic_lib.training import fit_two_phase
+    from elastic_lib.data.pipeline import make_input
+    from elastic_lib.models.exits import build_elastic_model, is_head_layer
+    from elastic_lib.runtime import set_determinism
+    from elastic_lib.train.training import fit_two_phase
 
     s = load_dataset("digits", limit_per_class=10)  # 80 train, 20 validation images
-    pre = get_backbone("tiny_cnn").preprocess
+    pre = preprocess_input("tiny_cnn")
     set_determinism(0)
     model = build_elastic_model("tiny_cnn", 10, 16, exits=["block2_out"])
 
@@ -188,8 +197,9 @@ run(yaml.safe_load(open(sys.argv[1])))
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("profile, run", [("tiny", "tiny_cnn__digits__elastic"),
-                                          pytest.param("smoke", SMOKE_RUN, marks=pytest.mark.deep)])
+@pytest.mark.parametrize(
+    "profile, run", [("tiny", "tiny_cnn__digits__elastic"), pytest.param("smoke", SMOKE_RUN, marks=pytest.mark.deep)]
+)
 def test_training_on_jax_matches_tensorflow_within_the_measured_tolerance(tmp_path, profile, run):
     """A committed run (TensorFlow), trained again on JAX from the same profile: the same outputs and
     counts exactly, and the final output's test error within the cross-CPU tolerance measured for it
@@ -200,16 +210,22 @@ def test_training_on_jax_matches_tensorflow_within_the_measured_tolerance(tmp_pa
         pytest.skip("a comparison with TensorFlow's numbers: the TensorFlow session runs it")
     import yaml
 
-    from elastic_lib.config import load_profile
-    from elastic_lib.reproducibility import compare_run, load_tolerances
+    from elastic_lib.control.profiles import load_profile
+    from elastic_lib.control.reproducibility import compare_run, load_tolerances
 
     python = other_python("jax")
     cfg = next(c for c in load_profile(profile).runs if c.run_id() == run)
     params = {**cfg.experiment_params(), "output_dir": str(tmp_path / run), "latency_repeats": 0}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     env = {**os.environ, "KERAS_BACKEND": "jax", "ELASTIC_BACKEND": "jax", "PYTHONPATH": ROOT}
-    proc = subprocess.run([python, "-c", TRAIN_ON, str(tmp_path / "params.yaml")], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=1800)
+    proc = subprocess.run(
+        [python, "-c", TRAIN_ON, str(tmp_path / "params.yaml")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     tol = load_tolerances(os.path.join(ROOT, "results", profile, "reproducibility", "tolerances.csv"))
     checks = compare_run(os.path.join(ROOT, "results", profile, run), str(tmp_path / run), tol)
@@ -225,7 +241,7 @@ def _pair(backbone: str, size: int, source: int):
     """The same elastic model (same weights) built for host resizing and for resize_in_model."""
     import keras
 
-    from elastic_lib.exits import build_elastic_model
+    from elastic_lib.models.exits import build_elastic_model
 
     keras.utils.set_random_seed(0)
     host = build_elastic_model(backbone, 10, size)
@@ -234,16 +250,21 @@ def _pair(backbone: str, size: int, source: int):
     return host, inside
 
 
-@pytest.mark.parametrize("backbone", ["mobilenet_0.75",  # the other backends: one backbone is the resize op's check
-                                      pytest.param("resnet50_legacy", marks=pytest.mark.tensorflow_leg),
-                                      pytest.param("inception_v4", marks=pytest.mark.tensorflow_leg)])
+@pytest.mark.parametrize(
+    "backbone",
+    [
+        "mobilenet_0.75",  # the other backends: one backbone is the resize op's check
+        pytest.param("resnet50_legacy", marks=pytest.mark.tensorflow_leg),
+        pytest.param("inception_v4", marks=pytest.mark.tensorflow_leg),
+    ],
+)
 def test_resize_in_model_is_the_host_resize_moved_into_the_model(backbone):
     """One Resizing layer first, named; the rest of the graph (names, weights, costs) unchanged;
     the outputs on 32-px images are the host-resized model's."""
     import keras
 
-    from elastic_lib import complexity
-    from elastic_lib.loader import resize
+    from elastic_lib.data.pipeline import resize
+    from elastic_lib.models import complexity
 
     size = max(get_backbone(backbone).min_size, 48)
     host, inside = _pair(backbone, size, 32)

@@ -1,13 +1,14 @@
 """run_all.sh's driver: bad input refused early, failures recorded, kills and locks lose nothing."""
+
 import fcntl
 import os
 
 import pytest
 import yaml
-
-from elastic_lib import batch
-from elastic_lib.config import ConfigError
 from tiny import BACKBONE, ROOT, run_batch, write_profile
+
+from elastic_lib.control import batch
+from elastic_lib.control.config import ConfigError
 
 # timing columns legitimately differ between runs; everything else must be identical
 VOLATILE = ("latency", "train_s")
@@ -18,13 +19,16 @@ def test_undeclared_notebook_parameter_is_refused():
         batch.check_parameters(batch.TEMPLATE, {"backbone": "vgg16", "epochs": 3})
 
 
-@pytest.mark.parametrize("spec, match", [
-    ({"grid": {"backbone": ["vgg16"]}, "defaults": {"epochs": 2}}, "unknown parameter"),
-    ({"grid": {"backbone": ["vgg16"]}, "defaults": {"image_size": "32"}}, "image_size"),
-    ({"grid": {"backbone": ["vgg16"]}, "gird": {}}, "unknown key"),
-    ({"grid": {"backbone": ["vgg17"]}}, "unknown backbone"),
-    ({"grid": {"backbone": ["inception_v3"]}, "defaults": {"image_size": 32}}, "minimum input size 75"),
-])
+@pytest.mark.parametrize(
+    "spec, match",
+    [
+        ({"grid": {"backbone": ["vgg16"]}, "defaults": {"epochs": 2}}, "unknown parameter"),
+        ({"grid": {"backbone": ["vgg16"]}, "defaults": {"image_size": "32"}}, "image_size"),
+        ({"grid": {"backbone": ["vgg16"]}, "gird": {}}, "unknown key"),
+        ({"grid": {"backbone": ["vgg17"]}}, "unknown backbone"),
+        ({"grid": {"backbone": ["inception_v3"]}, "defaults": {"image_size": 32}}, "minimum input size 75"),
+    ],
+)
 def test_bad_profile_exits_2_before_running(tmp_path, spec, match):
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(spec))
@@ -67,15 +71,19 @@ def test_aggregate_only_tables_and_figures_of_completed_runs(tmp_path):
     profile's folders (here copies), the run directories untouched."""
     import shutil
 
-    shutil.copytree(ROOT / "results" / "smoke", tmp_path / "results" / "smoke",
-                    ignore=shutil.ignore_patterns("table_error_flops*", "aggregate.ipynb", "reproducibility"))
+    shutil.copytree(
+        ROOT / "results" / "smoke",
+        tmp_path / "results" / "smoke",
+        ignore=shutil.ignore_patterns("table_error_flops*", "aggregate.ipynb", "reproducibility"),
+    )
     runs_before = {p: p.read_bytes() for p in (tmp_path / "results" / "smoke").rglob("*") if p.is_file()}
     out = run_batch("smoke", tmp_path, "--aggregate-only")
     assert out.returncode == 0, out.stdout + out.stderr
     assert (tmp_path / "results" / "smoke" / "table_error_flops.md").is_file()
     assert (tmp_path / "results" / "smoke" / "aggregate.ipynb").is_file()
     assert sorted(p.name for p in (tmp_path / "figures" / "smoke").glob("*.png")) == sorted(
-        p.name for p in (ROOT / "figures" / "smoke").glob("*.png"))
+        p.name for p in (ROOT / "figures" / "smoke").glob("*.png")
+    )
     assert all(p.read_bytes() == b for p, b in runs_before.items())
 
 

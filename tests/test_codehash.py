@@ -1,9 +1,10 @@
-"""elastic_lib.codehash on small packages written here: what counts as a change of code and what does not."""
+"""elastic_lib.control.codehash on small packages written here: what counts as a change of code and what does not."""
+
 import textwrap
 
 import pytest
 
-from elastic_lib import codehash
+from elastic_lib.control import codehash
 
 TRAIN = '''
 """Training."""
@@ -44,10 +45,10 @@ SETTING = make_param(1, "the doc line")
 if __name__ == "__main__":
     print(compile_model(None))
 '''
-CONSTS = '''
+CONSTS = """
 RATE = 0.01
 OFFSET = 1
-'''
+"""
 
 
 def pkg(**files):
@@ -67,25 +68,31 @@ def changed(before, after):
 BASE = pkg()
 
 
-@pytest.mark.parametrize("edit", [
-    lambda s: s.replace("# a comment", "# another comment\n    # and one more"),
-    lambda s: s.replace('"""Doubles."""', '"""Multiplies x by scale.\n\n    Long docstring.\n    """'),
-    lambda s: s.replace('"""Training."""', ""),
-    lambda s: s.replace("return x * scale", "return (\n        x\n        * scale\n    )"),
-    lambda s: s.replace("def helper(x, scale=2):", "def helper(x,\n           scale=2):"),
-    lambda s: s.replace('"the doc line"', "'another doc line, which is documentation'"),
-    lambda s: s.replace('print(compile_model(None))', 'print("a script")'),
-    lambda s: s.replace("import numpy as np", "import numpy as np  # arrays\nimport os"),
-])
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda s: s.replace("# a comment", "# another comment\n    # and one more"),
+        lambda s: s.replace('"""Doubles."""', '"""Multiplies x by scale.\n\n    Long docstring.\n    """'),
+        lambda s: s.replace('"""Training."""', ""),
+        lambda s: s.replace("return x * scale", "return (\n        x\n        * scale\n    )"),
+        lambda s: s.replace("def helper(x, scale=2):", "def helper(x,\n           scale=2):"),
+        lambda s: s.replace('"the doc line"', "'another doc line, which is documentation'"),
+        lambda s: s.replace("print(compile_model(None))", 'print("a script")'),
+        lambda s: s.replace("import numpy as np", "import numpy as np  # arrays\nimport os"),
+    ],
+)
 def test_comments_docstrings_formatting_doc_lines_and_main_blocks_do_not_count(edit):
     assert changed(BASE, pkg(train=edit(TRAIN))) == []
 
 
 def test_moving_a_function_to_another_module_does_not_count():
-    moved = TRAIN.replace('''def helper(x, scale=2):
+    moved = TRAIN.replace(
+        '''def helper(x, scale=2):
     """Doubles."""
     return x * scale  # a comment
-''', "from .helpers import helper\n")
+''',
+        "from .helpers import helper\n",
+    )
     after = pkg(train=moved, helpers="def helper(x, scale=2):\n    return x * scale\n")
     assert changed(BASE, after) == []
 
@@ -104,16 +111,21 @@ def test_a_module_split_into_a_package_with_re_exports_does_not_count():
     assert changed(BASE, after) == []
 
 
-@pytest.mark.parametrize("edit, named", [
-    (lambda s: s.replace("    return np.float32(lr)", "    lr = lr * 1\n    return np.float32(lr)"),
-     ["train:compile_model"]),
-    (lambda s: s.replace("scale=2", "scale=3"), ["train:helper"]),
-    (lambda s: s.replace("limit = 3", "limit = 4"), ["train:Guard"]),
-    (lambda s: s.replace("return loss < self.limit", "return loss <= self.limit"), ["train:Guard.on_batch"]),
-    (lambda s: s.replace("def reset(self):", "def restart(self):"), ["train:Guard"]),  # found by name
-    (lambda s: s.replace("np.float32(lr)", "np.float64(lr)"), ["train:compile_model"]),
-    (lambda s: s.replace("SETTING = make_param(1,", "SETTING = make_param(2,"), ["train:SETTING"]),
-])
+@pytest.mark.parametrize(
+    "edit, named",
+    [
+        (
+            lambda s: s.replace("    return np.float32(lr)", "    lr = lr * 1\n    return np.float32(lr)"),
+            ["train:compile_model"],
+        ),
+        (lambda s: s.replace("scale=2", "scale=3"), ["train:helper"]),
+        (lambda s: s.replace("limit = 3", "limit = 4"), ["train:Guard"]),
+        (lambda s: s.replace("return loss < self.limit", "return loss <= self.limit"), ["train:Guard.on_batch"]),
+        (lambda s: s.replace("def reset(self):", "def restart(self):"), ["train:Guard"]),  # found by name
+        (lambda s: s.replace("np.float32(lr)", "np.float64(lr)"), ["train:compile_model"]),
+        (lambda s: s.replace("SETTING = make_param(1,", "SETTING = make_param(2,"), ["train:SETTING"]),
+    ],
+)
 def test_a_change_in_code_names_the_unit_whose_own_code_changed(edit, named):
     assert changed(BASE, pkg(train=edit(TRAIN))) == named
 
@@ -123,8 +135,12 @@ def test_a_constant_read_elsewhere_is_named_and_reaches_its_readers():
     assert changed(BASE, after) == ["consts:RATE"]
     before, now = codehash.package_hashes(BASE), codehash.package_hashes(after)
     # Merkle: every unit that uses RATE, directly or not, has another hash now
-    assert {k for k in before if before[k][0] != now[k][0]} == {"consts:RATE", "train:compile_model",
-                                                              "train:Guard", "train:Guard.reset"}
+    assert {k for k in before if before[k][0] != now[k][0]} == {
+        "consts:RATE",
+        "train:compile_model",
+        "train:Guard",
+        "train:Guard.reset",
+    }
 
 
 def test_a_call_retargeted_to_another_existing_function_is_named():
@@ -150,7 +166,7 @@ def test_local_names_that_shadow_library_names_stay_local():
 
 def test_notebook_text_ignores_comments_and_formatting_but_not_code():
     cells = ["# parameters\nbackbone = 'vgg16'  # registry name\n", "x = f(1,\n      2)\n", "%matplotlib inline"]
-    same = ["backbone = \"vgg16\"\n", "# a comment\nx = f(1, 2)\n", "%matplotlib inline"]
+    same = ['backbone = "vgg16"\n', "# a comment\nx = f(1, 2)\n", "%matplotlib inline"]
     assert codehash.notebook_text(cells) == codehash.notebook_text(same)
     assert codehash.notebook_text(cells) != codehash.notebook_text(["backbone = 'vgg19'\n", *cells[1:]])
     assert codehash.notebook_text(cells) != codehash.notebook_text([*cells[:2], "%matplotlib widget"])
@@ -162,12 +178,14 @@ def test_canonical_text_is_independent_of_the_python_version_s_empty_fields():
     sources = {"__init__": "", "m": "def f(x: int = 1) -> int:\n    return x + 1\n"}
     p = codehash.Package(sources)
     text = codehash._unit_text(p, p.units["m:f"], lambda k: k)
-    assert text == ("FunctionDef(args=arguments(args=[arg(arg='x',annotation=Name(id='int'))],"
-                    "defaults=[Constant(int:1)]),body=[Return(value=BinOp(left=Name(id='x'),op=Add(),"
-                    "right=Constant(int:1)))],returns=Name(id='int'))")
+    assert text == (
+        "FunctionDef(args=arguments(args=[arg(arg='x',annotation=Name(id='int'))],"
+        "defaults=[Constant(int:1)]),body=[Return(value=BinOp(left=Name(id='x'),op=Add(),"
+        "right=Constant(int:1)))],returns=Name(id='int'))"
+    )
 
 
-REG = '''
+REG = """
 class Entry:
     def __init__(self, name, size):
         self.name, self.size = name, size
@@ -182,7 +200,7 @@ CHOICES = ("a", "b")
 
 def get(name):
     return REGISTRY[name]
-'''
+"""
 
 
 def test_an_entry_added_to_a_table_leaves_every_unit_but_a_changed_or_removed_entry_is_named():
@@ -191,14 +209,16 @@ def test_an_entry_added_to_a_table_leaves_every_unit_but_a_changed_or_removed_en
     assert changed(base, pkg(reg=added)) == []
     assert changed(base, pkg(reg=REG.replace('("a", "b")', '("a", "b", "c")'))) == []
     assert changed(base, pkg(reg=REG.replace('Entry("large", 32)', 'Entry("large", 33)'))) == ["reg:REGISTRY['large']"]
-    assert changed(base, pkg(reg=REG.replace('    Entry("small", 8),\n', ''))) == ["reg:REGISTRY['large']",
-                                                                                 "reg:REGISTRY['small']"]
+    assert changed(base, pkg(reg=REG.replace('    Entry("small", 8),\n', ""))) == [
+        "reg:REGISTRY['large']",
+        "reg:REGISTRY['small']",
+    ]
     assert changed(base, pkg(reg=REG.replace('("a", "b")', '("b", "a")'))) == ["reg:CHOICES[0]", "reg:CHOICES[1]"]
     # how the table is built still counts
     assert changed(base, pkg(reg=REG.replace("{e.name: e for e", "{e.name.upper(): e for e"))) == ["reg:REGISTRY"]
 
 
-RUN = '''
+RUN = """
 from .consts import RATE
 
 
@@ -228,7 +248,7 @@ def found_by_name():
 
 
 LOG = setup()
-'''
+"""
 NOTEBOOK = "from elastic_lib import run\nrun.train(2)\n"
 
 

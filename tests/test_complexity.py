@@ -1,5 +1,6 @@
 """Params and FLOPs: exact counts against the original code's reference numbers, hand
 arithmetic on a tiny model, and TensorFlow's profiler as an outside check."""
+
 import functools
 
 import keras
@@ -9,8 +10,9 @@ import pytest
 from keras import layers as L
 
 from conftest import REFERENCE_DIR
-from elastic_lib import build_elastic_model, complexity
-from elastic_lib.complexity import CONVENTIONS, complexity_frame, model_complexity
+from elastic_lib.models import complexity
+from elastic_lib.models.complexity import CONVENTIONS, complexity_frame, model_complexity
+from elastic_lib.models.exits import build_elastic_model
 
 REFERENCE = pd.read_csv(REFERENCE_DIR / "complexity_reference.csv")
 # The reference numbers were counted by the paper's Keras 2.1.5 code; its ResNet50 is this
@@ -87,24 +89,24 @@ def tiny():
 
 
 # Conv2D(4, 3x3, same) on 8x8x3: output 8x8x4 = 256 elements; kernel 3*3*3*4 = 108; 64 positions
-CONV_KMACS = 108 * 64                        # 6912
-CONV_FLOPS = 2 * 6912 + 256                  # MACs x2 + bias add per output element = 14080
-BN_FLOPS = 2 * 256                           # inference BN: one mult + one add per element = 512
+CONV_KMACS = 108 * 64  # 6912
+CONV_FLOPS = 2 * 6912 + 256  # MACs x2 + bias add per output element = 14080
+BN_FLOPS = 2 * 256  # inference BN: one mult + one add per element = 512
 RELU_FLOPS = 256
-DW_MACS = 3 * 3 * 256                        # 9 MACs per output element = 2304 (not a kernel-MAC)
-DW_FLOPS = 2 * 2304 + 256                    # + its bias = 4864
-POOL_FLOPS = 2 * 2 * (4 * 4 * 4)             # 2x2 window per output element, 64 outputs = 256
-GAP_FLOPS = 4 * 4 * 4 + 4                    # 1 per input element + 1 per channel = 68
-DENSE_MACS = 4 * 5                           # 20
-DENSE_FLOPS = 2 * 20 + 5 + 3 * 5             # MACs x2 + bias + softmax 3 per element = 60
+DW_MACS = 3 * 3 * 256  # 9 MACs per output element = 2304 (not a kernel-MAC)
+DW_FLOPS = 2 * 2304 + 256  # + its bias = 4864
+POOL_FLOPS = 2 * 2 * (4 * 4 * 4)  # 2x2 window per output element, 64 outputs = 256
+GAP_FLOPS = 4 * 4 * 4 + 4  # 1 per input element + 1 per channel = 68
+DENSE_MACS = 4 * 5  # 20
+DENSE_FLOPS = 2 * 20 + 5 + 3 * 5  # MACs x2 + bias + softmax 3 per element = 60
 TINY = {
-    "kernel_macs": CONV_KMACS + DENSE_MACS,                                   # 6932
-    "macs": CONV_KMACS + DW_MACS + DENSE_MACS,                                # 9236
+    "kernel_macs": CONV_KMACS + DENSE_MACS,  # 6932
+    "macs": CONV_KMACS + DW_MACS + DENSE_MACS,  # 9236
     "flops": CONV_FLOPS + BN_FLOPS + RELU_FLOPS + DW_FLOPS + POOL_FLOPS + GAP_FLOPS + DENSE_FLOPS,  # 20096
 }
 # params: conv 108 + 4; BN 4 x (gamma, beta | moving mean, moving var); dw 3*3*4 + 4; dense 4*5 + 5
-TINY_TRAINABLE = (108 + 4) + 2 * 4 + (36 + 4) + (20 + 5)   # 185
-TINY_NON_TRAINABLE = 2 * 4                                   # 8
+TINY_TRAINABLE = (108 + 4) + 2 * 4 + (36 + 4) + (20 + 5)  # 185
+TINY_NON_TRAINABLE = 2 * 4  # 8
 
 
 @pytest.mark.parametrize("convention", CONVENTIONS)
@@ -117,8 +119,15 @@ def test_tiny_model_by_hand(tiny, convention):
 
 
 def test_tiny_model_layer_by_layer(tiny):
-    expected = {"conv": CONV_FLOPS, "bn": BN_FLOPS, "relu": RELU_FLOPS, "dw": DW_FLOPS, "maxpool": POOL_FLOPS,
-                "final_gap": GAP_FLOPS, "final_softmax": DENSE_FLOPS}
+    expected = {
+        "conv": CONV_FLOPS,
+        "bn": BN_FLOPS,
+        "relu": RELU_FLOPS,
+        "dw": DW_FLOPS,
+        "maxpool": POOL_FLOPS,
+        "final_gap": GAP_FLOPS,
+        "final_softmax": DENSE_FLOPS,
+    }
     costs = complexity.layer_costs(tiny)
     for name, flops in expected.items():
         assert costs[name].flops == flops, name
@@ -131,8 +140,10 @@ def test_micronet_score_independent(tiny):
     # element + 1 division (counted as a mult) per channel; bias, ReLU, pooling compares,
     # softmax ops are adds.
     macs = TINY["macs"]
-    mults = macs + 256 + 4                                         # BN scale, GAP division
-    adds = macs + 256 + 256 + 256 + 256 + 256 + 64 + 5 + 15        # conv bias, BN shift, ReLU, dw bias, pool, GAP, dense bias, softmax
+    mults = macs + 256 + 4  # BN scale, GAP division
+    adds = (
+        macs + 256 + 256 + 256 + 256 + 256 + 64 + 5 + 15
+    )  # conv bias, BN shift, ReLU, dw bias, pool, GAP, dense bias, softmax
     assert mults + adds == TINY["flops"]
     params = TINY_TRAINABLE + TINY_NON_TRAINABLE
     expected = params * 16 / 32 / 36.5e6 + (0.5 * mults + adds) / 10.49e9
@@ -178,8 +189,9 @@ def test_complexity_frame_rows(mobilenet_elastic):
         assert list(t["tap_layer"]) == [f"conv_pw_{i}_relu" for i in range(1, 14)] + ["conv_pw_13_relu"]
         assert list(t["depth_index"]) == list(range(1, 15))
         assert t[f"{conv}_fraction_of_final"].iloc[-1] == 1.0
-        np.testing.assert_allclose(t[f"{conv}_fraction_of_final"],
-                                   t[f"{conv}_to_output"] / t[f"{conv}_to_output"].iloc[-1])
+        np.testing.assert_allclose(
+            t[f"{conv}_fraction_of_final"], t[f"{conv}_to_output"] / t[f"{conv}_to_output"].iloc[-1]
+        )
         exits = t[f"{conv}_to_output"].to_numpy()[:-1]
         assert np.all(np.diff(exits) >= 0), conv
         assert np.all(np.diff(t["params_to_output"].to_numpy()[:-1]) > 0)

@@ -1,5 +1,6 @@
 """RunConfig / profile validation, and the run-directory helpers (atomic writes, locks,
 clearing, collecting)."""
+
 import errno
 import os
 import socket
@@ -10,9 +11,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from elastic_lib import config, results
-from elastic_lib.config import ConfigError, RunConfig, load_profile
-from elastic_lib.results import atomic_write_text, clear_run, collect, try_lock
+from elastic_lib.control import config, profiles, results
+from elastic_lib.control.config import ConfigError, RunConfig
+from elastic_lib.control.profiles import load_profile
+from elastic_lib.control.results import atomic_write_text, clear_run, collect, try_lock
 
 
 # ---------------------------------------------------------------- RunConfig
@@ -33,8 +35,10 @@ def test_unknown_key():
     assert "phase1_epochs" in str(err.value)  # lists the valid parameters
 
 
-@pytest.mark.parametrize("key, value", [("phase2_epochs", "2"), ("image_size", 32.0), ("augment", 1),
-                                        ("image_size", True), ("learning_rate", "0.1")])
+@pytest.mark.parametrize(
+    "key, value",
+    [("phase2_epochs", "2"), ("image_size", 32.0), ("augment", 1), ("image_size", True), ("learning_rate", "0.1")],
+)
 def test_wrong_type(key, value):
     with pytest.raises(ConfigError, match=key):
         RunConfig.from_dict({key: value})
@@ -53,9 +57,16 @@ def test_image_size_below_backbone_minimum():
     RunConfig.from_dict({"backbone": "inception_v3", "image_size": 75})
 
 
-@pytest.mark.parametrize("key, value, valid", [("dataset", "mnist", "cifar100"), ("variant", "tiny", "baseline"),
-                                               ("final_head", "avg", "gap"), ("loss_weights", "x", "depth"),
-                                               ("exit_criterion", "margin", "entropy")])
+@pytest.mark.parametrize(
+    "key, value, valid",
+    [
+        ("dataset", "mnist", "cifar100"),
+        ("variant", "tiny", "baseline"),
+        ("final_head", "avg", "gap"),
+        ("loss_weights", "x", "depth"),
+        ("exit_criterion", "margin", "entropy"),
+    ],
+)
 def test_unknown_choices(key, value, valid):
     with pytest.raises(ConfigError, match=valid) as err:
         RunConfig.from_dict({key: value})
@@ -79,10 +90,16 @@ def write_profile(tmp_path, spec, name="p.yaml"):
 
 
 def test_profile_expands_grid(tmp_path):
-    path = write_profile(tmp_path, {"description": "d", "defaults": {"dataset": "digits", "phase2_epochs": 2},
-                                    "grid": {"backbone": ["mobilenet_0.75", "vgg16"],
-                                             "variant": ["elastic", "baseline"]},
-                                    "overrides": {"vgg16": {"learning_rate": 0.05}}}, "grid.yaml")
+    path = write_profile(
+        tmp_path,
+        {
+            "description": "d",
+            "defaults": {"dataset": "digits", "phase2_epochs": 2},
+            "grid": {"backbone": ["mobilenet_0.75", "vgg16"], "variant": ["elastic", "baseline"]},
+            "overrides": {"vgg16": {"learning_rate": 0.05}},
+        },
+        "grid.yaml",
+    )
     prof = load_profile(path, results_root=str(tmp_path / "res"))
     assert prof.name == "grid" and prof.description == "d" and len(prof.runs) == 4
     dirs = {r.output_dir for r in prof.runs}
@@ -93,15 +110,20 @@ def test_profile_expands_grid(tmp_path):
 
 
 def test_profile_cases_cross_the_grid_pin_variants_and_name_refinery_runs(tmp_path):
-    cases = {"ce": {}, "am": {"head": "am_softmax"}, "am_refinery": {"head": "am_softmax", "refinery_run": "@am"},
-             "distill": {"variant": "elastic", "self_distillation": True}}
+    cases = {
+        "ce": {},
+        "am": {"head": "am_softmax"},
+        "am_refinery": {"head": "am_softmax", "refinery_run": "@am"},
+        "distill": {"variant": "elastic", "self_distillation": True},
+    }
     path = write_profile(tmp_path, {"grid": {"variant": ["baseline", "elastic"]}, "cases": cases}, "cases.yaml")
     runs = load_profile(path, results_root=str(tmp_path / "res")).runs
     names = [os.path.basename(r.output_dir) for r in runs]
     assert names == [f"mobilenet_0.75__digits__{v}__{c}" for v in ("baseline", "elastic") for c in cases][:3] + [
-        f"mobilenet_0.75__digits__elastic__{c}" for c in cases]  # distill pins elastic: no baseline run
+        f"mobilenet_0.75__digits__elastic__{c}" for c in cases
+    ]  # distill pins elastic: no baseline run
     refined = [r for r in runs if r.output_dir.endswith("am_refinery")]
-    assert [r.refinery_dir for r in refined] == [r.output_dir[:-len("_refinery")] for r in refined]
+    assert [r.refinery_dir for r in refined] == [r.output_dir[: -len("_refinery")] for r in refined]
     assert [r.head for r in runs[:3]] == ["softmax", "am_softmax", "am_softmax"] and runs[-1].self_distillation
     cases["early"] = {"refinery_run": "@late"}
     path = write_profile(tmp_path, {"cases": cases}, "bad.yaml")
@@ -111,24 +133,29 @@ def test_profile_cases_cross_the_grid_pin_variants_and_name_refinery_runs(tmp_pa
         RunConfig(refinery_run="@am").validate()
 
 
-@pytest.mark.parametrize("spec, named", [
-    ({"grids": {"backbone": ["vgg16"]}}, "grids"),                  # unknown top-level key
-    ({"defaults": {"epochs": 3}}, "epochs"),                        # unknown defaults key
-    ({"defaults": {"batch_size": "32"}}, "batch_size"),             # wrong type
-    ({"grid": {"optimizer": ["sgd"]}}, "optimizer"),                # unknown grid key
-    ({"defaults": ["dataset"]}, "defaults"),                        # not a mapping
-    ({"grid": {"backbone": ["resnet50"], "image_size": [16]}}, "image_size"),
-    ({"base": "nope", "grid": {"backbone": ["vgg16"]}}, "base 'nope' is not another profile"),
-    ({"base": "smoke", "defaults": {"frozen_bn": "train"}}, "frozen_bn"),  # the base's values are checked too
-])
+@pytest.mark.parametrize(
+    "spec, named",
+    [
+        ({"grids": {"backbone": ["vgg16"]}}, "grids"),  # unknown top-level key
+        ({"defaults": {"epochs": 3}}, "epochs"),  # unknown defaults key
+        ({"defaults": {"batch_size": "32"}}, "batch_size"),  # wrong type
+        ({"grid": {"optimizer": ["sgd"]}}, "optimizer"),  # unknown grid key
+        ({"defaults": ["dataset"]}, "defaults"),  # not a mapping
+        ({"grid": {"backbone": ["resnet50"], "image_size": [16]}}, "image_size"),
+        ({"base": "nope", "grid": {"backbone": ["vgg16"]}}, "base 'nope' is not another profile"),
+        ({"base": "smoke", "defaults": {"frozen_bn": "train"}}, "frozen_bn"),  # the base's values are checked too
+    ],
+)
 def test_profile_errors_name_the_problem(tmp_path, spec, named):
     with pytest.raises(ConfigError, match=named):
         load_profile(write_profile(tmp_path, spec), results_root=str(tmp_path))
 
 
 def test_profile_base_is_merged_key_by_key(tmp_path):
-    prof = load_profile(write_profile(tmp_path, {"base": "smoke", "defaults": {"phase2_epochs": 2},
-                                                  "grid": {"backbone": ["vgg16"]}}), results_root=str(tmp_path))
+    prof = load_profile(
+        write_profile(tmp_path, {"base": "smoke", "defaults": {"phase2_epochs": 2}, "grid": {"backbone": ["vgg16"]}}),
+        results_root=str(tmp_path),
+    )
     assert [r.run_id() for r in prof.runs] == ["vgg16__digits__elastic", "vgg16__digits__baseline"]
     assert all(r.phase2_epochs == 2 and r.reduce_lr_patience == 2 for r in prof.runs)  # the rest from smoke
 
@@ -139,16 +166,19 @@ def test_unknown_profile_name():
 
 
 def test_grid_axes_get_distinct_run_dirs(tmp_path):
-    path = write_profile(tmp_path, {"grid": {"backbone": ["mobilenet_0.75"], "image_size": [32, 64],
-                                             "loss_weights": ["uniform", "depth"]}})
+    path = write_profile(
+        tmp_path,
+        {"grid": {"backbone": ["mobilenet_0.75"], "image_size": [32, 64], "loss_weights": ["uniform", "depth"]}},
+    )
     runs = load_profile(path, results_root=str(tmp_path)).runs
     assert len(runs) == 4
     assert len({r.output_dir for r in runs}) == 4
 
 
 def test_override_key_typo_is_an_error(tmp_path):
-    path = write_profile(tmp_path, {"grid": {"backbone": ["resnet50"]},
-                                    "overrides": {"resnet5O": {"learning_rate": 0.5}}})
+    path = write_profile(
+        tmp_path, {"grid": {"backbone": ["resnet50"]}, "overrides": {"resnet5O": {"learning_rate": 0.5}}}
+    )
     with pytest.raises(ConfigError, match="resnet5O"):
         load_profile(path, results_root=str(tmp_path))
 
@@ -186,8 +216,10 @@ def test_lock_is_exclusive(tmp_path):
         assert results.lock_holder(run) == f"host {socket.gethostname()} pid {os.getpid()}"
         assert try_lock(run) is None  # a second lock in this process is refused
         # and from another process
-        code = ("import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR)\n"
-                "try:\n    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\nexcept BlockingIOError:\n    sys.exit(3)\n")
+        code = (
+            "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR)\n"
+            "try:\n    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\nexcept BlockingIOError:\n    sys.exit(3)\n"
+        )
         assert subprocess.run([sys.executable, "-c", code, os.path.join(run, ".lock")]).returncode == 3
     finally:
         os.close(fd)
@@ -242,8 +274,13 @@ def test_collect_only_done_runs(tmp_path):
     base = {"backbone": "vgg16", "dataset": "digits", "variant": "elastic", "seed": 0}
     _fake_run(prof, "a_done", base, {"output": ["exit01", "final"], "top1_err_pct": [50.0, 40.0]}, True)
     _fake_run(prof, "b_running", {**base, "backbone": "resnet50"}, {"output": ["final"], "top1_err_pct": [1.0]}, False)
-    _fake_run(prof, "c_done", {**base, "dataset": "cifar100", "label_mode": "coarse", "seed": 3},
-              {"output": ["final"], "top1_err_pct": [70.0]}, True)
+    _fake_run(
+        prof,
+        "c_done",
+        {**base, "dataset": "cifar100", "label_mode": "coarse", "seed": 3},
+        {"output": ["final"], "top1_err_pct": [70.0]},
+        True,
+    )
     df = collect(str(prof), "exits.csv")
     assert list(df.columns[:5]) == ["run", "backbone", "dataset", "variant", "seed"]
     assert list(df["run"]) == ["a_done", "a_done", "c_done"]
@@ -256,7 +293,7 @@ def test_collect_only_done_runs(tmp_path):
 def test_remove_tree_is_all_or_nothing(tmp_path):
     """A folder is renamed before it is deleted, so a kill mid-deletion never leaves half of it
     under its name; leftovers of such a kill are cleared by the next call."""
-    from elastic_lib.results import remove_tree
+    from elastic_lib.control.results import remove_tree
 
     d = tmp_path / "resume"
     (d / "phase2").mkdir(parents=True)
@@ -274,13 +311,16 @@ def test_a_profile_study_is_checked(tmp_path):
     base = {"defaults": {"dataset": "digits", "image_size": 32}, "grid": {"backbone": ["mobilenet_0.75"]}}
     ok = tmp_path / "ok.yaml"
     ok.write_text(yaml.safe_dump({**base, "study": {"notebook": "aggregate", "parameters": {"x": 1}}}))
-    study = config.load_profile(str(ok)).study
+    study = profiles.load_profile(str(ok)).study
     assert study["notebook"].endswith("notebooks/aggregate.ipynb") and study["parameters"] == {"x": 1}
-    assert config.load_profile("smoke").study is None
-    for bad, msg in (({"notebook": "no_such_notebook"}, "not found"), ({"parameters": {}}, "'notebook'"),
-                     ({"notebook": "aggregate", "typo": 1}, "'notebook'"),
-                     ({"notebook": "aggregate", "parameters": [1]}, "mapping")):
+    assert profiles.load_profile("smoke").study is None
+    for bad, msg in (
+        ({"notebook": "no_such_notebook"}, "not found"),
+        ({"parameters": {}}, "'notebook'"),
+        ({"notebook": "aggregate", "typo": 1}, "'notebook'"),
+        ({"notebook": "aggregate", "parameters": [1]}, "mapping"),
+    ):
         p = tmp_path / "bad.yaml"
         p.write_text(yaml.safe_dump({**base, "study": bad}))
         with pytest.raises(config.ConfigError, match=msg):
-            config.load_profile(str(p))
+            profiles.load_profile(str(p))

@@ -1,6 +1,7 @@
 """Datasets: digits, CIFAR-10/100 (shared subsets when present, else skipped; plus a tiny
 synthetic archive in the official layout built here), the tf.data pipeline, and every
 error path of the loaders."""
+
 import hashlib
 import io
 import os
@@ -12,15 +13,34 @@ import numpy as np
 import pytest
 
 from conftest import CIFAR_ARCHIVES
-from elastic_lib import data as D
-from elastic_lib.data import DatasetError, EpochPlan, load_cifar_arrays, load_dataset, make_pipeline
+from elastic_lib.control.datasets import DatasetError
+from elastic_lib.data import arrays as D
+from elastic_lib.data.arrays import EpochPlan, load_cifar_arrays, load_dataset, make_pipeline
+from elastic_lib.models.backbones import preprocess_input
 
 CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-CIFAR100_COARSE = ["aquatic_mammals", "fish", "flowers", "food_containers", "fruit_and_vegetables",
-                   "household_electrical_devices", "household_furniture", "insects", "large_carnivores",
-                   "large_man-made_outdoor_things", "large_natural_outdoor_scenes",
-                   "large_omnivores_and_herbivores", "medium_mammals", "non-insect_invertebrates", "people",
-                   "reptiles", "small_mammals", "trees", "vehicles_1", "vehicles_2"]
+CIFAR100_COARSE = [
+    "aquatic_mammals",
+    "fish",
+    "flowers",
+    "food_containers",
+    "fruit_and_vegetables",
+    "household_electrical_devices",
+    "household_furniture",
+    "insects",
+    "large_carnivores",
+    "large_man-made_outdoor_things",
+    "large_natural_outdoor_scenes",
+    "large_omnivores_and_herbivores",
+    "medium_mammals",
+    "non-insect_invertebrates",
+    "people",
+    "reptiles",
+    "small_mammals",
+    "trees",
+    "vehicles_1",
+    "vehicles_2",
+]
 
 
 # ---------------------------------------------------------------- a synthetic official-layout archive
@@ -35,10 +55,14 @@ def make_synthetic_cifar10(folder, n_train_per_batch=(12, 8), n_test=10, seed=0)
     rng = np.random.default_rng(seed)
     batches = {}
     for i, n in enumerate(n_train_per_batch, start=1):
-        batches[f"data_batch_{i}"] = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-                                      b"labels": [int(v) for v in rng.integers(0, 10, n)]}
-    batches["test_batch"] = {b"data": rng.integers(0, 256, (n_test, 3072), dtype=np.uint8),
-                             b"labels": [int(v) for v in rng.integers(0, 10, n_test)]}
+        batches[f"data_batch_{i}"] = {
+            b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+            b"labels": [int(v) for v in rng.integers(0, 10, n)],
+        }
+    batches["test_batch"] = {
+        b"data": rng.integers(0, 256, (n_test, 3072), dtype=np.uint8),
+        b"labels": [int(v) for v in rng.integers(0, 10, n_test)],
+    }
     batches["batches.meta"] = {b"label_names": [n.encode() for n in CIFAR10_NAMES]}
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, "cifar-10-python.tar.gz")
@@ -129,12 +153,12 @@ def test_limit_per_class_too_small_for_a_validation_split():
 # ---------------------------------------------------------------- CIFAR subsets (shared/data)
 @pytest.fixture(scope="module")
 def cifar10(shared_data):
-    return load_dataset("cifar10", str(shared_data))
+    return load_dataset("cifar10", data_dir=str(shared_data))
 
 
 @pytest.fixture(scope="module")
 def cifar100(shared_data):
-    return {mode: load_dataset("cifar100", str(shared_data), label_mode=mode) for mode in ("fine", "coarse")}
+    return {mode: load_dataset("cifar100", data_dir=str(shared_data), label_mode=mode) for mode in ("fine", "coarse")}
 
 
 def _check_split_shapes(s, n_trainval=10000, n_test=2000):
@@ -161,11 +185,13 @@ def test_cifar100_subset_fine_and_coarse(cifar100):
     assert fine.class_names == sorted(fine.class_names)  # official order is alphabetical
     assert coarse.class_names == CIFAR100_COARSE
     np.testing.assert_array_equal(np.bincount(fine.y_test, minlength=100), np.full(100, 20))
-    np.testing.assert_array_equal(np.bincount(np.concatenate([fine.y_train, fine.y_val]), minlength=100),
-                                  np.full(100, 100))
+    np.testing.assert_array_equal(
+        np.bincount(np.concatenate([fine.y_train, fine.y_val]), minlength=100), np.full(100, 100)
+    )
     np.testing.assert_array_equal(np.bincount(coarse.y_test, minlength=20), np.full(20, 100))
-    np.testing.assert_array_equal(np.bincount(np.concatenate([coarse.y_train, coarse.y_val]), minlength=20),
-                                  np.full(20, 500))
+    np.testing.assert_array_equal(
+        np.bincount(np.concatenate([coarse.y_train, coarse.y_val]), minlength=20), np.full(20, 500)
+    )
     assert fine.name == "cifar100" and coarse.name == "cifar100coarse"  # the run-id label rule (config)
 
 
@@ -197,18 +223,17 @@ def test_cifar100_first_image_matches_independent_decode(shared_data):
 
 
 def test_cifar_limit_per_class(shared_data):
-    s = load_dataset("cifar10", str(shared_data), limit_per_class=5, test_limit_per_class=2)
+    s = load_dataset("cifar10", data_dir=str(shared_data), limit_per_class=5, test_limit_per_class=2)
     np.testing.assert_array_equal(np.bincount(np.concatenate([s.y_train, s.y_val]), minlength=10), np.full(10, 5))
     np.testing.assert_array_equal(np.bincount(s.y_test, minlength=10), np.full(10, 2))
 
 
-# ---------------------------------------------------------------- tf.data pipeline (the loader's equivalence: test_backends)
+# ---------------------------------------------------------------- tf.data pipeline (equivalence: test_backends)
 def test_make_pipeline_shapes_and_labels():
     (x, y), _, _ = D.load_digits_arrays()
     x, y = x[:10], y[:10]
-    from elastic_lib import get_backbone
 
-    ds = make_pipeline(x, y, 16, get_backbone("mobilenet_0.75").preprocess, batch_size=4, num_outputs=3)
+    ds = make_pipeline(x, y, 16, preprocess_input("mobilenet_0.75"), batch_size=4, num_outputs=3)
     batches = list(ds)
     assert [len(b[0]) for b in batches] == [4, 4, 2]
     for i, (xb, yb) in enumerate(batches):
@@ -216,16 +241,15 @@ def test_make_pipeline_shapes_and_labels():
         assert isinstance(yb, tuple) and len(yb) == 3
         for t in yb:
             assert t.dtype.name == "int64"
-            np.testing.assert_array_equal(t.numpy(), y[4 * i: 4 * i + 4])
+            np.testing.assert_array_equal(t.numpy(), y[4 * i : 4 * i + 4])
 
 
 def test_make_pipeline_preprocess_values():
     # at native size no resizing happens; MobileNet's preprocess maps [0, 255] to [-1, 1]
     x = np.arange(2 * 8 * 8 * 3, dtype=np.int64).reshape(2, 8, 8, 3) % 256
     x = x.astype(np.uint8)
-    from elastic_lib import get_backbone
 
-    ds = make_pipeline(x, np.array([3, 4]), 8, get_backbone("mobilenet_0.75").preprocess, batch_size=2)
+    ds = make_pipeline(x, np.array([3, 4]), 8, preprocess_input("mobilenet_0.75"), batch_size=2)
     xb, (yb,) = next(iter(ds))
     np.testing.assert_allclose(xb.numpy(), x.astype(np.float64) / 127.5 - 1.0, atol=1e-6)
     np.testing.assert_array_equal(yb.numpy(), [3, 4])

@@ -1,12 +1,22 @@
 """Early-exit policies on hand-made probabilities, and the staged forward on a real model."""
+
 import math
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from elastic_lib.early_exit import (StagedModel, confidence, default_thresholds, dynamic_exit, fixed_cut,
-                                    nearest_exit_to_depth, policy_outcome, select_threshold, sweep)
+from elastic_lib.early_exit.staged import (
+    StagedModel,
+    confidence,
+    default_thresholds,
+    dynamic_exit,
+    fixed_cut,
+    nearest_exit_to_depth,
+    policy_outcome,
+    select_threshold,
+    sweep,
+)
 
 # 3 outputs (2 exits + final) x 4 samples
 P_EXIT0 = np.array([[0.90, 0.05, 0.05], [0.50, 0.30, 0.20], [0.40, 0.40, 0.20], [0.34, 0.33, 0.33]])
@@ -20,13 +30,16 @@ def H(p):
     return -sum(v * math.log(v) for v in p)
 
 
-@pytest.mark.parametrize("threshold, expected", [
-    (0.0, [0, 0, 0, 0]),      # everything passes at the first exit
-    (0.5, [0, 0, 1, 2]),      # sample 1: 0.50 >= 0.5 at exit 0; sample 2: 0.50 at exit 1
-    (0.75, [0, 1, 2, 2]),     # 0.90 at exit 0, 0.80 at exit 1
-    (0.85, [0, 2, 2, 2]),
-    (1.01, [2, 2, 2, 2]),     # never confident enough: the final output always accepts
-])
+@pytest.mark.parametrize(
+    "threshold, expected",
+    [
+        (0.0, [0, 0, 0, 0]),  # everything passes at the first exit
+        (0.5, [0, 0, 1, 2]),  # sample 1: 0.50 >= 0.5 at exit 0; sample 2: 0.50 at exit 1
+        (0.75, [0, 1, 2, 2]),  # 0.90 at exit 0, 0.80 at exit 1
+        (0.85, [0, 2, 2, 2]),
+        (1.01, [2, 2, 2, 2]),  # never confident enough: the final output always accepts
+    ],
+)
 def test_dynamic_exit_max_prob(threshold, expected):
     assert list(dynamic_exit(PROBS, threshold, "max_prob")) == expected
 
@@ -44,14 +57,17 @@ def test_entropy_values_by_hand():
     np.testing.assert_allclose(confidence(P_EXIT0, "max_prob"), [0.9, 0.5, 0.4, 0.34])
 
 
-@pytest.mark.parametrize("threshold, expected", [
-    (0.0, [2, 2, 2, 2]),      # zero entropy is never reached
-    (0.5, [0, 2, 2, 2]),      # only 0.394 <= 0.5
-    (0.7, [0, 1, 2, 2]),      # 0.639 at exit 1
-    (1.035, [0, 0, 2, 2]),    # 1.0297 at exit 0; sample 2 has 1.0549 and 1.0397
-    (1.045, [0, 0, 1, 2]),    # 1.0397 at exit 1
-    (1.2, [0, 0, 0, 0]),
-])
+@pytest.mark.parametrize(
+    "threshold, expected",
+    [
+        (0.0, [2, 2, 2, 2]),  # zero entropy is never reached
+        (0.5, [0, 2, 2, 2]),  # only 0.394 <= 0.5
+        (0.7, [0, 1, 2, 2]),  # 0.639 at exit 1
+        (1.035, [0, 0, 2, 2]),  # 1.0297 at exit 0; sample 2 has 1.0549 and 1.0397
+        (1.045, [0, 0, 1, 2]),  # 1.0397 at exit 1
+        (1.2, [0, 0, 0, 0]),
+    ],
+)
 def test_dynamic_exit_entropy(threshold, expected):
     assert list(dynamic_exit(PROBS, threshold, "entropy")) == expected
 
@@ -72,10 +88,16 @@ def test_policy_outcome():
     np.testing.assert_allclose(out["exit_rates"], [1, 0, 0])
 
 
-COSTS = pd.DataFrame({"output": ["exit01", "exit02", "final"],
-                      "flops_to_output": [10.0, 20.0, 40.0], "flops_cumulative": [10.0, 22.0, 44.0],
-                      "kernel_macs_to_output": [4.0, 9.0, 19.0], "kernel_macs_cumulative": [4.0, 10.0, 21.0],
-                      "depth_layers": [5, 12, 30]})
+COSTS = pd.DataFrame(
+    {
+        "output": ["exit01", "exit02", "final"],
+        "flops_to_output": [10.0, 20.0, 40.0],
+        "flops_cumulative": [10.0, 22.0, 44.0],
+        "kernel_macs_to_output": [4.0, 9.0, 19.0],
+        "kernel_macs_cumulative": [4.0, 10.0, 21.0],
+        "depth_layers": [5, 12, 30],
+    }
+)
 
 
 def test_sweep_by_hand():
@@ -98,18 +120,25 @@ def test_default_thresholds():
     assert t[0] == 0.0 and t[-1] == pytest.approx(math.log(10), abs=1e-6)
 
 
-SWEEP = pd.DataFrame({"threshold": [0.0, 0.5, 0.7, 0.9, 1.01],
-                      "val_acc": [0.80, 0.88, 0.895, 0.90, 0.90],
-                      "val_expected_flops": [10.0, 20.0, 30.0, 40.0, 100.0]})
+SWEEP = pd.DataFrame(
+    {
+        "threshold": [0.0, 0.5, 0.7, 0.9, 1.01],
+        "val_acc": [0.80, 0.88, 0.895, 0.90, 0.90],
+        "val_expected_flops": [10.0, 20.0, 30.0, 40.0, 100.0],
+    }
+)
 
 
-@pytest.mark.parametrize("final_acc, drop, expected", [
-    (0.90, 1.0, 0.7),    # >= 0.89: 0.895 (30), 0.90 (40), 0.90 (100) -> cheapest 0.7
-    (0.90, 2.0, 0.5),    # >= 0.88
-    (0.90, 0.0, 0.9),    # >= 0.90: 0.9 is cheaper than 1.01
-    (0.90, 20.0, 0.0),
-    (0.99, 0.0, 1.01),   # nothing qualifies: the last (largest) threshold
-])
+@pytest.mark.parametrize(
+    "final_acc, drop, expected",
+    [
+        (0.90, 1.0, 0.7),  # >= 0.89: 0.895 (30), 0.90 (40), 0.90 (100) -> cheapest 0.7
+        (0.90, 2.0, 0.5),  # >= 0.88
+        (0.90, 0.0, 0.9),  # >= 0.90: 0.9 is cheaper than 1.01
+        (0.90, 20.0, 0.0),
+        (0.99, 0.0, 1.01),  # nothing qualifies: the last (largest) threshold
+    ],
+)
 def test_select_threshold(final_acc, drop, expected):
     assert select_threshold(SWEEP, final_acc, drop)["threshold"] == expected
 
@@ -194,7 +223,7 @@ def test_dynamic_matches_stored_policy(mobilenet_elastic, model_probs, x_one, cr
 
 @pytest.mark.backend
 def test_staged_model_needs_exits():
-    from elastic_lib import build_elastic_model
+    from elastic_lib.models.exits import build_elastic_model
 
     with pytest.raises(ValueError, match="no exits"):
         StagedModel(build_elastic_model("vgg16", 3, 32, exits="none"))

@@ -1,9 +1,11 @@
-"""EfficientNet-B0 for 32x32 inputs (elastic_lib.efficientnet_cifar)."""
+"""EfficientNet-B0 for 32x32 inputs (elastic_lib.models.builders.efficientnet_cifar)."""
+
 import keras
 import pytest
 
-from elastic_lib import backbones, complexity
-from elastic_lib.efficientnet_cifar import EfficientNetB0Cifar
+from elastic_lib.control import registry as backbones
+from elastic_lib.models import complexity
+from elastic_lib.models.builders.efficientnet_cifar import EfficientNetB0Cifar
 
 
 @pytest.fixture(scope="module")
@@ -16,8 +18,10 @@ def test_downsamples_8x_with_b0s_weights_and_names(model):
     named = lambda m: [l.name for l in m.layers if l.name.startswith(("stem_", "block", "top_"))]
     assert named(model) == named(ref) and len(named(model)) == len(model.layers) - 3  # input, rescaling, normalization
     assert model.count_params() == ref.count_params()  # strides change no weight
-    sizes = {n: model.get_layer(n).output.shape[1] for n in ("stem_activation", "block2b_add", "block3b_add",
-                                                             "block5c_add", "top_activation")}
+    sizes = {
+        n: model.get_layer(n).output.shape[1]
+        for n in ("stem_activation", "block2b_add", "block3b_add", "block5c_add", "top_activation")
+    }
     assert sizes == {"stem_activation": 32, "block2b_add": 32, "block3b_add": 16, "block5c_add": 8, "top_activation": 4}
     assert ref.get_layer("top_activation").output.shape[1] == 1  # Keras' B0 at 32 px: 1x1 before the head
 

@@ -1,4 +1,5 @@
 """Environment files agree; the notebook's parameters cell matches RunConfig."""
+
 import ast
 import dataclasses
 import re
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from elastic_lib.config import RunConfig
+from elastic_lib.control.config import RunConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,11 +39,12 @@ def test_requirements_and_environment_yml_pin_the_same_versions():
 
 def test_notebook_parameters_cell_is_generated_from_runconfig():
     """RunConfig is the one place for parameters and defaults: the notebook's cell is its output
-    (regenerate with `python -m elastic_lib.config --write-notebook`)."""
-    from elastic_lib.config import notebook_parameters_source, parameters_cell_source
+    (regenerate with `python -m elastic_lib.control.config --write-notebook`)."""
+    from elastic_lib.control.notebook_cells import notebook_parameters_source, parameters_cell_source
 
-    assert notebook_parameters_source() == parameters_cell_source(), \
-        "notebooks/elastic_experiment.ipynb is stale: run python -m elastic_lib.config --write-notebook"
+    assert notebook_parameters_source() == parameters_cell_source(), (
+        "notebooks/elastic_experiment.ipynb is stale: run python -m elastic_lib.control.config --write-notebook"
+    )
 
 
 def test_notebook_parameters_cell_declares_every_runconfig_field():
@@ -52,7 +54,7 @@ def test_notebook_parameters_cell_declares_every_runconfig_field():
     fields = {f.name: f for f in dataclasses.fields(RunConfig)}
     assert set(declared) == set(fields)
     # papermill reads the same defaults and types back, and they form a valid configuration
-    params = {name: eval(p["default"]) for name, p in declared.items()}  # noqa: S307 (our own notebook)
+    params = {name: eval(p["default"]) for name, p in declared.items()}
     assert RunConfig.from_dict(params) == RunConfig()
     for name, p in declared.items():
         assert p["inferred_type_name"] == fields[name].type, name
@@ -67,10 +69,12 @@ def test_experiment_params_leave_the_plumbing_out():
 
 
 def test_control_plane_imports_no_tensorflow_or_keras():
-    code = ("import sys, elastic_lib, elastic_lib.config, elastic_lib.batch, elastic_lib.results, "
-            "elastic_lib.reproducibility, elastic_lib.templates\n"
-            "heavy = sorted(m for m in ('tensorflow', 'keras') if m in sys.modules)\n"
-            "assert not heavy, heavy")
+    code = (
+        "import sys, elastic_lib, elastic_lib.control.config, elastic_lib.control.batch, elastic_lib.control.results, "
+        "elastic_lib.control.reproducibility, elastic_lib.control.templates\n"
+        "heavy = sorted(m for m in ('tensorflow', 'keras') if m in sys.modules)\n"
+        "assert not heavy, heavy"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
 
@@ -79,8 +83,9 @@ def test_run_all_list_answers_fast():
     """./run_all.sh --list (the batch driver's listing) needs no TensorFlow: well under a second
     on 2 cores; the bound is generous for loaded CI machines."""
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "elastic_lib.batch", "--list"], capture_output=True, text=True,
-                          cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-m", "elastic_lib.control.batch", "--list"], capture_output=True, text=True, cwd=ROOT
+    )
     elapsed = time.perf_counter() - t0
     assert proc.returncode == 0, proc.stderr
     assert "mobilenet_0.75__digits__elastic" in proc.stdout
@@ -98,7 +103,7 @@ def test_longest_function_in_elastic_lib_is_under_50_lines():
 
 
 def test_profiles_expand_and_validate():
-    from elastic_lib.config import list_profiles, load_profile
+    from elastic_lib.control.profiles import list_profiles, load_profile
 
     assert {"smoke", "cifar-mini", "cifar-backbones", "paper"} <= set(list_profiles())
     for name in list_profiles():
@@ -108,11 +113,19 @@ def test_profiles_expand_and_validate():
     assert mini["densenet169__cifar100__elastic"].compare_depth_of == "densenet121"
     converged = load_profile("cifar-mini").runs  # MobileNet-0.75, both CIFAR subsets, both variants, 3 seeds
     assert len(converged) == 12 and {r.seed for r in converged} == {0, 1, 2}
-    assert {r.dataset for r in converged} == {"cifar10", "cifar100"} and {r.backbone for r in converged} == {"mobilenet_0.75"}
+    assert {r.dataset for r in converged} == {"cifar10", "cifar100"} and {r.backbone for r in converged} == {
+        "mobilenet_0.75"
+    }
     assert all(r.output_dir.endswith(f"__seed{r.seed}") for r in converged)
     paper = load_profile("paper")
-    assert {r.backbone for r in paper.runs} == {"mobilenet_0.75", "inception_v3", "resnet50_legacy", "densenet121",
-                                                 "densenet169", "vgg16"}
+    assert {r.backbone for r in paper.runs} == {
+        "mobilenet_0.75",
+        "inception_v3",
+        "resnet50_legacy",
+        "densenet121",
+        "densenet169",
+        "vgg16",
+    }
     assert all(r.image_size == 224 and r.weights == "imagenet" for r in paper.runs)
     assert {r.dataset for r in paper.runs} == {"cifar10", "cifar100"}
     assert len({r.output_dir for r in paper.runs}) == len(paper.runs) == 24

@@ -1,8 +1,10 @@
 """build_elastic_model refuses bad input with a ValueError that names the valid values."""
+
 import keras
 import pytest
 
-from elastic_lib import build_elastic_model, get_backbone
+from elastic_lib.control.registry import get_backbone
+from elastic_lib.models.exits import build_elastic_model
 
 # Keras warns once per layer while it tries to load a mismatched weights file
 pytestmark = pytest.mark.filterwarnings("ignore:Skipping nested container:UserWarning")

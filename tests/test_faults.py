@@ -1,7 +1,7 @@
 """Faults at any point lose nothing and leave nothing running.
 
 The tiny profile (``tests/tiny.py``: tiny_cnn on 100 digits, elastic and baseline, one epoch per
-phase, no latency) is run by the real driver (``python -m elastic_lib.batch``) in its own session,
+phase, no latency) is run by the real driver (``python -m elastic_lib.control.batch``) in its own session,
 and killed: the driver by SIGKILL (nothing of it may survive), the notebook kernel by SIGKILL (as
 the out-of-memory killer does), at seeded random moments, followed by a rerun. After every trial:
 every run marked DONE is complete and consistent, and the rerun finishes the batch; at the end the
@@ -11,6 +11,7 @@ The default tier runs ELASTIC_FAULT_TRIALS (default 2: one kernel, one driver) t
 (``./run_tests.sh --deep``) 20 more on MobileNet-0.75 runs, whose kernels spend their time in
 real training (ELASTIC_DEEP_FAULT_TRIALS). ELASTIC_FAULT_SEED (default 0) seeds both.
 """
+
 import json
 import os
 import random
@@ -22,9 +23,9 @@ import pandas as pd
 import psutil
 import pytest
 import yaml
-
-from elastic_lib import results
 from tiny import BACKBONE, ROOT, RUNS, TINY, batch_cmd, run_batch
+
+from elastic_lib.control import results
 
 pytestmark = pytest.mark.slow
 PROFILE = "tiny"  # the shared tiny_batch's profile
@@ -36,8 +37,15 @@ REAL_RUNS = ["mobilenet_0.75__digits__elastic", "mobilenet_0.75__digits__baselin
 def _profile(folder, defaults) -> str:
     path = folder / f"{PROFILE}.yaml"
     backbone = defaults.pop("backbone")
-    path.write_text(yaml.safe_dump({"description": "fault-injection test profile", "defaults": defaults,
-                                    "grid": {"backbone": [backbone], "variant": ["elastic", "baseline"], "seed": [0]}}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "description": "fault-injection test profile",
+                "defaults": defaults,
+                "grid": {"backbone": [backbone], "variant": ["elastic", "baseline"], "seed": [0]},
+            }
+        )
+    )
     return str(path)
 
 
@@ -48,8 +56,15 @@ def profile(tiny_batch):
 
 def start(profile, root, *extra, env=None):
     """The batch driver in its own session (a signal to it cannot reach pytest)."""
-    return subprocess.Popen(batch_cmd(profile, root, *extra), cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True, env={**os.environ, **(env or {})})
+    return subprocess.Popen(
+        batch_cmd(profile, root, *extra),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def run(profile, root, *extra, env=None, timeout=600):
@@ -149,8 +164,11 @@ def same_results(root, ref_root, runs=RUNS):
             assert list(history["epoch"]) == list(range(1, len(history) + 1)) and len(history) == 2, history
             resumed.append(name)
             continue
-        pd.testing.assert_frame_equal(pd.read_csv(run_dir(root, name) / "exits.csv"),
-                                      pd.read_csv(run_dir(ref_root, name) / "exits.csv"), check_exact=True)
+        pd.testing.assert_frame_equal(
+            pd.read_csv(run_dir(root, name) / "exits.csv"),
+            pd.read_csv(run_dir(ref_root, name) / "exits.csv"),
+            check_exact=True,
+        )
     if resumed:
         return resumed
     for table in ("table_error_flops_long.csv", "table_error_flops.csv", "table_error_flops.md"):
@@ -246,15 +264,24 @@ def random_kill_trials(profile, ref_root, window, tmp_path, trials, seed, runs=R
             os.kill(victim, signal.SIGKILL)
         out = proc.communicate(timeout=600)[0]
         if target == "driver" and victim is not None:
-            left = wait_until(lambda: not alive(tracked), 10) or alive(tracked)
+            left = wait_until(lambda: not alive(tracked), 10) or alive(tracked)  # noqa: B023 (called here)
             assert left is True, f"trial {k}: left running {[tracked[p] for p in left]}"
         done_after_kill = check_done_runs_are_complete(tmp_path, runs)
         code, rerun_out = run(profile, tmp_path)
         assert code == 0, f"trial {k}: rerun failed\n{rerun_out[-3000:]}"
         check_all_done(tmp_path, rerun_out, runs)
-        record.append({"trial": k, "seed": seed + k, "target": target, "delay_s": round(delay, 2),
-                       "killed": victim is not None, "exit_code": proc.returncode, "done_after_kill": done_after_kill,
-                       "failed_line": next((ln for ln in out.splitlines() if "FAILED" in ln), "")})
+        record.append(
+            {
+                "trial": k,
+                "seed": seed + k,
+                "target": target,
+                "delay_s": round(delay, 2),
+                "killed": victim is not None,
+                "exit_code": proc.returncode,
+                "done_after_kill": done_after_kill,
+                "failed_line": next((ln for ln in out.splitlines() if "FAILED" in ln), ""),
+            }
+        )
     same_results(tmp_path, ref_root, runs)
     table = pd.DataFrame(record)
     print("\n" + table.to_string(index=False))
@@ -265,8 +292,14 @@ def random_kill_trials(profile, ref_root, window, tmp_path, trials, seed, runs=R
 
 def test_random_sigkills_of_driver_or_kernel_lose_nothing(profile, reference, tmp_path):
     ref_root, window = reference
-    random_kill_trials(profile, ref_root, window, tmp_path, int(os.environ.get("ELASTIC_FAULT_TRIALS", "2")),
-                       int(os.environ.get("ELASTIC_FAULT_SEED", "0")))
+    random_kill_trials(
+        profile,
+        ref_root,
+        window,
+        tmp_path,
+        int(os.environ.get("ELASTIC_FAULT_TRIALS", "2")),
+        int(os.environ.get("ELASTIC_FAULT_SEED", "0")),
+    )
 
 
 @pytest.mark.deep
@@ -276,14 +309,22 @@ def test_random_sigkills_during_real_training_lose_nothing(tmp_path):
     folder.mkdir()
     profile = _profile(folder, {**TINY, **REAL})
     ref_root, window = _reference(profile, tmp_path / "reference", REAL_RUNS)
-    random_kill_trials(profile, ref_root, window, tmp_path / "trials", int(os.environ.get("ELASTIC_DEEP_FAULT_TRIALS", "20")),
-                       int(os.environ.get("ELASTIC_FAULT_SEED", "0")), REAL_RUNS)
+    random_kill_trials(
+        profile,
+        ref_root,
+        window,
+        tmp_path / "trials",
+        int(os.environ.get("ELASTIC_DEEP_FAULT_TRIALS", "20")),
+        int(os.environ.get("ELASTIC_FAULT_SEED", "0")),
+        REAL_RUNS,
+    )
 
 
 # ---------------------------------------------------------------- disk full, out of memory
 def test_disk_full_in_the_notebook_marks_the_run_failed_with_its_cause(profile, tmp_path):
-    code, out = run(profile, tmp_path, "--only", RUNS[1], "--no-aggregate",
-                    env={"ELASTIC_FAILPOINT_ENOSPC": "exits.csv"})
+    code, out = run(
+        profile, tmp_path, "--only", RUNS[1], "--no-aggregate", env={"ELASTIC_FAILPOINT_ENOSPC": "exits.csv"}
+    )
     assert code == 1
     assert f"{RUNS[1]}: no space left on device" in out, out[-2000:]
     d = run_dir(tmp_path, RUNS[1])
@@ -292,8 +333,7 @@ def test_disk_full_in_the_notebook_marks_the_run_failed_with_its_cause(profile, 
 
 def test_disk_full_in_the_driver_marks_nothing_done(profile, tmp_path):
     """The driver's own last writes (the DONE marker) fail: the run is not marked DONE."""
-    code, out = run(profile, tmp_path, "--only", RUNS[1], "--no-aggregate",
-                    env={"ELASTIC_FAILPOINT_ENOSPC": "DONE"})
+    code, out = run(profile, tmp_path, "--only", RUNS[1], "--no-aggregate", env={"ELASTIC_FAILPOINT_ENOSPC": "DONE"})
     assert code == 1 and "no space left on device (while the driver wrote" in out, out[-2000:]
     assert not (run_dir(tmp_path, RUNS[1]) / "DONE").exists()
 
@@ -303,8 +343,13 @@ def test_a_real_full_filesystem(profile, tmp_path):
     run fails on ENOSPC, nothing is DONE."""
     mnt = tmp_path / "small"
     mnt.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)],
-                                           capture_output=True).returncode != 0:
+    if (
+        os.geteuid() != 0
+        or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)], capture_output=True
+        ).returncode
+        != 0
+    ):
         pytest.skip("mounting a small tmpfs needs root; the injected ENOSPC tests above cover the logic")
     try:
         code, out = run(profile, mnt, "--only", RUNS[0], "--no-aggregate")

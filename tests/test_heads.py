@@ -1,9 +1,10 @@
-"""MicroNet heads and losses (elastic_lib.heads) against NumPy references."""
+"""MicroNet heads and losses (elastic_lib.models.heads) against NumPy references."""
+
 import keras
 import numpy as np
 import pytest
 
-from elastic_lib import heads
+from elastic_lib.models import heads
 
 pytestmark = pytest.mark.backend  # ./run_tests.sh runs this file on every backend
 
@@ -60,7 +61,9 @@ def test_self_distillation_leaves_the_final_head_free_of_its_gradient():
         loss = tf.add_n(model.losses)
     assert float(loss) > 0
     grads = dict(zip([v.path for v in model.trainable_variables], tape.gradient(loss, model.trainable_variables)))
-    assert all(g is None or float(tf.reduce_max(tf.abs(g))) == 0.0 for k, g in grads.items() if k.startswith("final_head"))
+    assert all(
+        g is None or float(tf.reduce_max(tf.abs(g))) == 0.0 for k, g in grads.items() if k.startswith("final_head")
+    )
     assert float(tf.reduce_max(tf.abs(grads["exit_head/kernel"]))) > 0
     np.testing.assert_array_equal(out[0].numpy(), model.get_layer("exit_head")(model.get_layer("trunk")(x)).numpy())
     # the KL itself, by hand
@@ -77,13 +80,19 @@ def test_self_distillation_leaves_the_final_head_free_of_its_gradient():
 def test_a_self_distillation_run_adds_the_distillation_term_to_the_training_loss(tmp_path):
     """Run option ``self_distillation``: the trained loss is the outputs' cross-entropies plus a
     positive distillation term; the saved model has no distillation layer; a baseline refuses it."""
-    from elastic_lib import experiment
-    from elastic_lib.config import ConfigError, RunConfig
-
     from tiny import BACKBONE, TINY
 
-    tiny = {**TINY, "backbone": BACKBONE, "limit_per_class": 6, "test_limit_per_class": 3, "phase2_epochs": 0,
-            "head": "am_softmax"}
+    from elastic_lib import experiment
+    from elastic_lib.control.config import ConfigError, RunConfig
+
+    tiny = {
+        **TINY,
+        "backbone": BACKBONE,
+        "limit_per_class": 6,
+        "test_limit_per_class": 3,
+        "phase2_epochs": 0,
+        "head": "am_softmax",
+    }
     exp = experiment.run({**tiny, "self_distillation": True, "distill_weight": 5.0, "output_dir": str(tmp_path)})
     row = exp.history.iloc[0]
     per_output = sum(row[f"{name}_loss"] for name in exp.exits["output"])  # uniform loss weights: 1 each

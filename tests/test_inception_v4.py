@@ -1,11 +1,12 @@
-"""Inception-v4 (elastic_lib.inception_v4) against the Inception-v4 study's own figures:
+"""Inception-v4 (elastic_lib.models.builders.inception_v4) against the Inception-v4 study's own figures:
 42.68 M parameters and 6.31 G "FLOPs" (thop, which the study ran at 229x229, see below)."""
+
 import keras
 import numpy as np
 import pytest
 
-from elastic_lib import complexity
-from elastic_lib.inception_v4 import MIN_SIZE, InceptionV4, block_names
+from elastic_lib.models import complexity
+from elastic_lib.models.builders.inception_v4 import MIN_SIZE, InceptionV4, block_names
 
 
 def _classifier(size, **options):
@@ -25,7 +26,9 @@ def test_parameters_match_the_study(at_299):
     base, model = at_299
     trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
     assert round(trainable / 1e6, 2) == 42.68
-    bn_channels = sum(layer.gamma.shape[0] for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization))
+    bn_channels = sum(
+        layer.gamma.shape[0] for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)
+    )
     assert complexity.model_complexity(model)["non_trainable_params"] == 2 * bn_channels
     assert tuple(base.output.shape[1:]) == (8, 8, 1536)
 
@@ -48,8 +51,12 @@ def test_the_studys_flops_are_thop_at_229_pixels():
     computed here from the layer shapes, gives the study's 6.31 G; at 299 ``macs`` is 12.25 G."""
     base, model = _classifier(229)
     macs = complexity.model_complexity(model)["macs"]
-    bn = sum(2 * int(np.prod(l.output.shape[1:])) for l in base.layers if isinstance(l, keras.layers.BatchNormalization))
-    pool = sum(10 * int(np.prod(l.output.shape[1:])) for l in base.layers if isinstance(l, keras.layers.AveragePooling2D))
+    bn = sum(
+        2 * int(np.prod(l.output.shape[1:])) for l in base.layers if isinstance(l, keras.layers.BatchNormalization)
+    )
+    pool = sum(
+        10 * int(np.prod(l.output.shape[1:])) for l in base.layers if isinstance(l, keras.layers.AveragePooling2D)
+    )
     assert round((macs + bn + pool) / 1e9, 2) == 6.31
     assert round(macs / 1e9, 2) == 6.27
 
@@ -78,20 +85,20 @@ def test_options_bn_epsilon_and_count_include_pad():
 
 @pytest.mark.parametrize("exits, n_outputs", [("all", 18), ("none", 1)])
 def test_the_registry_entry_builds_at_299_with_and_without_exits(exits, n_outputs):
-    from elastic_lib import build_elastic_model
+    from elastic_lib.models.exits import build_elastic_model
 
-    model = build_elastic_model("inception_v4", 10, 299, exits, final_head="gap")
+    model = build_elastic_model("inception_v4", 10, 299, exits=exits, final_head="gap")
     assert len(model.outputs) == n_outputs and model.get_layer("inception_c3").output.shape[1:] == (8, 8, 1536)
 
 
 def test_run_options_reach_the_builder_and_other_backbones_refuse_them():
-    from elastic_lib.config import ConfigError, RunConfig
-    from elastic_lib.exits import build_elastic_model
+    from elastic_lib.control.config import ConfigError, RunConfig
+    from elastic_lib.models.exits import build_elastic_model
 
     cfg = RunConfig(backbone="inception_v4", image_size=MIN_SIZE, bn_epsilon=1e-5, count_include_pad=True).validate()
     assert cfg.backbone_options == {"bn_epsilon": 1e-5, "count_include_pad": True}
     assert RunConfig(backbone="inception_v4", image_size=MIN_SIZE).backbone_options == {"count_include_pad": False}
-    model = build_elastic_model("inception_v4", 10, MIN_SIZE, "none", backbone_options=cfg.backbone_options)
+    model = build_elastic_model("inception_v4", 10, MIN_SIZE, exits="none", backbone_options=cfg.backbone_options)
     assert model.get_layer("stem_1_bn").epsilon == 1e-5 and model.get_layer("inception_c3_b3_pad")
     with pytest.raises(ConfigError, match="count_include_pad=True is an option of backbones that have it"):
         RunConfig(backbone="vgg16", count_include_pad=True).validate()
@@ -100,8 +107,8 @@ def test_run_options_reach_the_builder_and_other_backbones_refuse_them():
 
 
 def test_no_imagenet_weights_are_offered_or_downloaded(tmp_path):
-    from elastic_lib import weights
-    from elastic_lib.config import ConfigError, RunConfig
+    from elastic_lib.control.config import ConfigError, RunConfig
+    from elastic_lib.models import weights
 
     with pytest.raises(ValueError, match="inception_v4 has no Keras ImageNet weights"):
         weights.download(["inception_v4"], str(tmp_path), build=lambda name: pytest.fail("nothing is built"))

@@ -1,5 +1,6 @@
 """The interactive path: templates are never written by use, outputs go to their own places,
 notebooks open unmodified, results are readable by others, no machine paths in tracked files."""
+
 import os
 import re
 import stat
@@ -9,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from elastic_lib import config, results, templates
+from elastic_lib.control import config, paths, results, templates
 
 ROOT = Path(config.ROOT)
 
@@ -55,34 +56,43 @@ def test_refresh_refuses_a_notebook_that_is_not_a_template(capsys):
 
 def test_jupyter_server_loads_the_hook_from_the_repo_config():
     """The server config that ./lab.sh (JUPYTER_CONFIG_PATH) loads names the hook, and it imports."""
-    from traitlets.config import PyFileConfigLoader
     from jupyter_server.services.contents.manager import ContentsManager
+    from traitlets.config import PyFileConfigLoader
 
     cfg = PyFileConfigLoader("jupyter_server_config.py", path=str(ROOT / "jupyter_config")).load_config()
     cm = ContentsManager(config=cfg)
     assert cm.pre_save_hook is templates.refuse_template_save
-    assert f'{ROOT}/jupyter_config' in subprocess.run(
-        ["bash", "-c", "source scripts/env.sh >/dev/null && echo $JUPYTER_CONFIG_PATH"], cwd=ROOT,
-        capture_output=True, text=True).stdout
+    assert (
+        f"{ROOT}/jupyter_config"
+        in subprocess.run(
+            ["bash", "-c", "source scripts/env.sh >/dev/null && echo $JUPYTER_CONFIG_PATH"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        ).stdout
+    )
 
 
 @pytest.mark.parametrize("rel", templates.TEMPLATES + templates.STUDY_TEMPLATES)
 def test_templates_open_unmodified_in_this_environment(rel):
     """JupyterLab marks a notebook modified when the kernel it starts reports other metadata."""
-    assert templates.kernel_metadata_mismatches(str(ROOT / rel)) == [], \
-        "run `python -m elastic_lib.templates refresh` in this environment"
+    assert templates.kernel_metadata_mismatches(str(ROOT / rel)) == [], (
+        "run `python -m elastic_lib.control.templates refresh` in this environment"
+    )
 
 
 def test_interactive_runs_and_aggregations_go_to_their_own_place(monkeypatch, tmp_path):
-    from elastic_lib import aggregate
+    from elastic_lib.analysis import aggregate
 
-    monkeypatch.setenv(config.INTERACTIVE_ENV, str(tmp_path))
+    monkeypatch.setenv(paths.INTERACTIVE_ENV, str(tmp_path))
     assert config.RunConfig().run_dir() == str(tmp_path / "mobilenet_0.75__digits__elastic")
-    assert aggregate.output_dirs("smoke") == (str(tmp_path / "aggregate" / "smoke"),
-                                              str(tmp_path / "aggregate" / "smoke" / "figures"))
+    assert aggregate.output_dirs("smoke") == (
+        str(tmp_path / "aggregate" / "smoke"),
+        str(tmp_path / "aggregate" / "smoke" / "figures"),
+    )
     assert aggregate.output_dirs("smoke", "results/smoke", "figures/smoke") == ("results/smoke", "figures/smoke")
     assert config.RunConfig(output_dir="results/smoke/x").run_dir() == "results/smoke/x"
-    monkeypatch.delenv(config.INTERACTIVE_ENV)
+    monkeypatch.delenv(paths.INTERACTIVE_ENV)
     assert config.interactive_dir() == str(ROOT / "results" / "interactive")
     assert "results/interactive/" in (ROOT / ".gitignore").read_text()
 
@@ -100,11 +110,11 @@ def test_test_session_keeps_interactive_outputs_out_of_the_repo():
 
 
 def test_display_paths_never_show_the_machine(monkeypatch, tmp_path):
-    monkeypatch.setenv(config.INTERACTIVE_ENV, str(tmp_path))
-    assert config.display_path(str(tmp_path / "run" / "a.csv")) == "$ELASTIC_INTERACTIVE_DIR/run/a.csv"
-    assert config.display_path(str(ROOT / "results" / "smoke")) == "results/smoke"
-    monkeypatch.delenv(config.INTERACTIVE_ENV)
-    assert config.display_path(str(ROOT / "results" / "interactive" / "r")) == "results/interactive/r"
+    monkeypatch.setenv(paths.INTERACTIVE_ENV, str(tmp_path))
+    assert paths.display_path(str(tmp_path / "run" / "a.csv")) == "$ELASTIC_INTERACTIVE_DIR/run/a.csv"
+    assert paths.display_path(str(ROOT / "results" / "smoke")) == "results/smoke"
+    monkeypatch.delenv(paths.INTERACTIVE_ENV)
+    assert paths.display_path(str(ROOT / "results" / "interactive" / "r")) == "results/interactive/r"
 
 
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640), (0o002, 0o664)])
@@ -146,33 +156,51 @@ def test_no_tracked_file_holds_a_path_of_this_machine():
 
 
 def test_show_outputs_lists_every_file_by_kind(tmp_path, monkeypatch, capsys):
-    from elastic_lib import show
+    from elastic_lib.analysis import show
 
-    monkeypatch.setenv(config.INTERACTIVE_ENV, str(tmp_path))
+    monkeypatch.setenv(paths.INTERACTIVE_ENV, str(tmp_path))
     run = tmp_path / "r"
     run.mkdir()
     for name in ("exits.csv", "history.csv", "a.png", "a.svg", "params.yaml", "DONE", ".tmp_x"):
         (run / name).write_text("")
     show.outputs(run_directory=str(run))
     assert capsys.readouterr().out.splitlines() == [
-        "run_directory: $ELASTIC_INTERACTIVE_DIR/r/", "  other: DONE", "  figures: a.png, a.svg",
-        "  CSVs: exits.csv, history.csv", "  parameters: params.yaml"]
+        "run_directory: $ELASTIC_INTERACTIVE_DIR/r/",
+        "  other: DONE",
+        "  figures: a.png, a.svg",
+        "  CSVs: exits.csv, history.csv",
+        "  parameters: params.yaml",
+    ]
 
 
 def test_wide_tables_are_shown_split(monkeypatch):
-    from elastic_lib import show
+    from elastic_lib.analysis import show
 
     shown = []
     monkeypatch.setattr(show, "_display", shown.append)
-    summary = pd.DataFrame({"policy": ["final", "max_prob"], "threshold": [float("nan"), 0.9],
-                            "test_acc": [0.95, 0.94], "expected_kernel_macs": [1e6, 4e5]})
+    summary = pd.DataFrame(
+        {
+            "policy": ["final", "max_prob"],
+            "threshold": [float("nan"), 0.9],
+            "test_acc": [0.95, 0.94],
+            "expected_kernel_macs": [1e6, 4e5],
+        }
+    )
     show.split(summary, "policy", ["threshold", "test_acc"], ["expected_kernel_macs"])
     assert [list(t.columns) for t in shown] == [["threshold", "test_acc"], ["expected_kernel_macs"]]
     assert list(shown[-1].index) == ["final", "max_prob"] and shown[0]["test_acc"].dtype == float
-    lat = pd.DataFrame({"output": ["exit01", "final", "dynamic(max_prob)"], "latency_ms": [0.3, 1.0, 0.6],
-                        "latency_std_ms": [0.1, 0.1, 0.1], "speedup_vs_final": [3.3, 1.0, 1.6],
-                        "flops_ratio_vs_final": [12.0, 1.0, 2.7], "threshold": [None, None, 0.9],
-                        "mean_exit": [None, None, 4.2], "n_images": [None, None, 30]})
+    lat = pd.DataFrame(
+        {
+            "output": ["exit01", "final", "dynamic(max_prob)"],
+            "latency_ms": [0.3, 1.0, 0.6],
+            "latency_std_ms": [0.1, 0.1, 0.1],
+            "speedup_vs_final": [3.3, 1.0, 1.6],
+            "flops_ratio_vs_final": [12.0, 1.0, 2.7],
+            "threshold": [None, None, 0.9],
+            "mean_exit": [None, None, 4.2],
+            "n_images": [None, None, 30],
+        }
+    )
     show.latency(lat)
     per_output, dynamic = shown[-2], shown[-1]
     assert list(per_output.index) == ["exit01", "final"] and "threshold" not in per_output.columns

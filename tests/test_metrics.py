@@ -1,10 +1,11 @@
 """Per-output metrics against numpy / scikit-learn computed independently here."""
+
 import numpy as np
 import pandas as pd
 import pytest
 from sklearn.metrics import f1_score
 
-from elastic_lib.metrics import exits_table, final_confusion, output_metrics, per_class_table, worst_classes
+from elastic_lib.analysis.metrics import exits_table, final_confusion, output_metrics, per_class_table, worst_classes
 
 N, C = 300, 10
 NAMES = ["exit01", "exit02", "final"]
@@ -58,7 +59,8 @@ def test_output_metrics_renormalises_float32_rounding(arrays):
     probs, y = arrays
     p32 = probs[1].astype(np.float32) * np.float32(1.0000003)
     assert output_metrics(p32.astype(np.float64), y, C)["loss"] == pytest.approx(
-        output_metrics(probs[1], y, C)["loss"], rel=1e-5)
+        output_metrics(probs[1], y, C)["loss"], rel=1e-5
+    )
 
 
 def test_exits_table(arrays):
@@ -119,4 +121,3 @@ def test_top1_is_consistent_with_argmax_on_ties():
     wrong_by_argmax = int((p.argmax(1) != y).sum())  # argmax: class 0 for every sample -> 1 wrong
     assert wrong_by_argmax == len(y) - np.trace(cm) == 1
     assert m["top1_errors"] == wrong_by_argmax
-

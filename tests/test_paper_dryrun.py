@@ -1,6 +1,7 @@
 """One 224-px pair of the paper-dryrun profile through the real driver (the paper's recipe and
 both protocols end to end), checked against the committed results/paper-dryrun run directories:
 the model (taps, params, kernel MACs) exactly; the recipe in params.yaml; the protocol columns."""
+
 import subprocess
 import sys
 
@@ -8,7 +9,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from elastic_lib.config import ROOT
+from elastic_lib.control.paths import ROOT
 
 pytestmark = pytest.mark.slow  # trains the pair at 224 px
 PAIR = "mobilenet_0.75__cifar10_"
@@ -18,10 +19,27 @@ COMMITTED = f"{ROOT}/results/paper-dryrun"
 @pytest.fixture(scope="module")
 def pair(shared_data, tmp_path_factory):
     root = tmp_path_factory.mktemp("dryrun")
-    r = subprocess.run([sys.executable, "-m", "elastic_lib.batch", "--profile", "paper-dryrun", "--only", PAIR,
-                        "--data-dir", str(shared_data), "--results-root", str(root / "results"),
-                        "--figures-root", str(root / "figures")], cwd=ROOT, capture_output=True, text=True,
-                       timeout=900)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "elastic_lib.control.batch",
+            "--profile",
+            "paper-dryrun",
+            "--only",
+            PAIR,
+            "--data-dir",
+            str(shared_data),
+            "--results-root",
+            str(root / "results"),
+            "--figures-root",
+            str(root / "figures"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return root / "results" / "paper-dryrun"
 
@@ -33,8 +51,15 @@ def test_dryrun_pair_matches_the_committed_model_and_recipe(pair, variant):
     assert (d / "DONE").exists()
     pd.testing.assert_frame_equal(pd.read_csv(d / "complexity.csv"), pd.read_csv(f"{COMMITTED}/{name}/complexity.csv"))
     p = yaml.safe_load((d / "params.yaml").read_text())["parameters"]
-    assert (p["image_size"], p["preprocess"], p["frozen_bn"], p["phase2_momentum"], p["reduce_lr_cooldown"],
-            p["early_stopping_min_delta"], p["final_head"]) == (224, "inception", "batch_stats", 0.0, 1, 1e-4, "flatten")
+    assert (
+        p["image_size"],
+        p["preprocess"],
+        p["frozen_bn"],
+        p["phase2_momentum"],
+        p["reduce_lr_cooldown"],
+        p["early_stopping_min_delta"],
+        p["final_head"],
+    ) == (224, "inception", "batch_stats", 0.0, 1, 1e-4, "flatten")
     exits = pd.read_csv(d / "exits.csv")
     assert len(exits) == (14 if variant == "elastic" else 1) and exits["paper_protocol_top1_err_pct"].notna().all()
     th = pd.read_csv(d / "test_history.csv")

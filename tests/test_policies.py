@@ -1,9 +1,10 @@
-"""Budgeted early exit and per-exit calibration (elastic_lib.policies), on synthetic probabilities."""
+"""Budgeted early exit and per-exit calibration (elastic_lib.early_exit.policies), on synthetic probabilities."""
+
 import numpy as np
 import pandas as pd
 import pytest
 
-from elastic_lib import policies
+from elastic_lib.early_exit import policies
 
 
 def _costs(cum, final):
@@ -77,7 +78,9 @@ def test_temperature_is_recovered_from_overconfident_probabilities():
     reported = np.exp(z) / np.exp(z).sum(1, keepdims=True)
     t = policies.fit_temperature(reported[:10000], y[:10000])
     assert t == pytest.approx(2.0, rel=0.05)
-    table, temps = policies.calibration_table(([reported[:10000]], y[:10000]), ([reported[10000:]], y[10000:]), ["final"])
+    table, temps = policies.calibration_table(
+        ([reported[:10000]], y[:10000]), ([reported[10000:]], y[10000:]), ["final"]
+    )
     row = table.iloc[0]
     assert row["test_ece_calibrated"] < row["test_ece"] / 3 and row["test_nll_calibrated"] < row["test_nll"]
     np.testing.assert_allclose(policies.calibrated(reported, 1.0), reported, rtol=1e-9)

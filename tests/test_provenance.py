@@ -1,8 +1,9 @@
 """Fingerprints: what made a run, and whether the working tree would still make it (done / stale / todo)."""
+
 import hashlib
 import json
-import re
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -10,10 +11,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from elastic_lib import codehash, provenance, results
-from elastic_lib.config import NOTEBOOK, load_profile
 from tiny import BACKBONE, ROOT, TINY, run_batch, write_profile
+
+from elastic_lib.control import codehash, provenance, results
+from elastic_lib.control.profiles import load_profile
+from elastic_lib.control.provenance import NOTEBOOK
 
 
 def test_notebook_hash_reads_code_cells_only(tmp_path):
@@ -25,7 +27,9 @@ def test_notebook_hash_reads_code_cells_only(tmp_path):
     first = next(c for c in nb["cells"] if c["cell_type"] == "code")
     first["source"].append("\n# a comment, which is not code")
     copy.write_text(json.dumps(nb))
-    assert provenance.notebook_hash(str(copy)) == provenance.notebook_hash(NOTEBOOK)  # outputs, comments do not make a run
+    assert provenance.notebook_hash(str(copy)) == provenance.notebook_hash(
+        NOTEBOOK
+    )  # outputs, comments do not make a run
     first["source"].append("\nx = 1")
     copy.write_text(json.dumps(nb))
     assert provenance.notebook_hash(str(copy)) != provenance.notebook_hash(NOTEBOOK)
@@ -69,9 +73,11 @@ def test_a_run_is_todo_then_done_then_stale_and_rerun_stale_redoes_it(tmp_path, 
     lib = tmp_path / "elastic_lib"
     shutil.copytree(ROOT / "elastic_lib", lib, ignore=shutil.ignore_patterns("__pycache__"))
     src = (lib / "training.py").read_text()
-    (lib / "training.py").write_text(src.replace("    n = len(model.outputs)\n", "    n = len(model.outputs)\n    n = n + 0\n", 1))
+    (lib / "training.py").write_text(
+        src.replace("    n = len(model.outputs)\n", "    n = len(model.outputs)\n    n = n + 0\n", 1)
+    )
     monkeypatch.setattr(provenance, "LIB", str(lib))
-    assert provenance.status(str(run_dir)) == ("stale", ["code: elastic_lib.training:compile_model"])
+    assert provenance.status(str(run_dir)) == ("stale", ["code: elastic_lib.train.training:compile_model"])
     monkeypatch.undo()
     assert provenance.status(str(run_dir)) == ("done", [])
 
@@ -96,7 +102,7 @@ def test_a_run_without_fingerprint_is_stale(tmp_path):
 
 
 def test_the_data_part_rehashes_the_recorded_file_and_never_crashes_when_it_is_gone(tmp_path):
-    from elastic_lib.config import RunConfig
+    from elastic_lib.control.config import RunConfig
 
     data = tmp_path / "data"
     data.mkdir()
@@ -104,12 +110,15 @@ def test_the_data_part_rehashes_the_recorded_file_and_never_crashes_when_it_is_g
     cfg = RunConfig.from_dict({"backbone": "mobilenet_0.75", "dataset": "cifar10", "data_dir": str(data)})
     run = tmp_path / "run"
     run.mkdir()
-    (run / "params.yaml").write_text(yaml.safe_dump({"parameters": cfg.experiment_params(),
-                                                     "plumbing": {"data_dir": str(data)}}))
+    (run / "params.yaml").write_text(
+        yaml.safe_dump({"parameters": cfg.experiment_params(), "plumbing": {"data_dir": str(data)}})
+    )
     (run / "DONE").write_text("ok\n")
     provenance.record(str(run), cfg)
     fp = results.read_params_yaml(str(run))["fingerprint"]
-    assert fp["data"] == hashlib.sha256(b"archive v1").hexdigest() and fp["data_source"].endswith("cifar-10-python.tar.gz")
+    assert fp["data"] == hashlib.sha256(b"archive v1").hexdigest() and fp["data_source"].endswith(
+        "cifar-10-python.tar.gz"
+    )
     assert provenance.status(str(run)) == ("done", []) and provenance.data_checked(str(run))
     (data / "cifar-10-python.tar.gz").write_bytes(b"archive v2")
     assert provenance.status(str(run)) == ("stale", ["data: the dataset's files differ"])
@@ -124,9 +133,10 @@ def test_committed_runs_are_not_stale_at_head(profile):
     runs = load_profile(profile).runs
     assert runs and all(results.is_done(r.output_dir) for r in runs), "a run of the profile is not committed"
     stale = {os.path.basename(r.output_dir): provenance.changes(r.output_dir, r) for r in runs}
-    assert not {k: v for k, v in stale.items() if v}, ("regenerate: ./run_all.sh --profile "
-                                                       f"{profile} --rerun-stale", stale)
-
+    assert not {k: v for k, v in stale.items() if v}, (
+        f"regenerate: ./run_all.sh --profile {profile} --rerun-stale",
+        stale,
+    )
 
 
 # ---------------------------------------------------------------- a refactor keeps runs current
@@ -139,8 +149,13 @@ def _repo_copy(tmp_path) -> Path:
 
 
 def _list_smoke(repo) -> str:
-    out = subprocess.run([sys.executable, "-m", "elastic_lib.batch", "--profile", "smoke", "--list"], cwd=repo,
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "elastic_lib.control.batch", "--profile", "smoke", "--list"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     return out.stdout
 
@@ -154,14 +169,23 @@ def test_comments_and_docstrings_keep_runs_current_and_a_new_statement_makes_the
     training = repo / "elastic_lib" / "training.py"
     src = training.read_text()
     edited = src.replace('    """SGD(lr, momentum; default', '    """Compile with SGD(lr, momentum; default', 1)
-    edited = edited.replace("    n = len(model.outputs)\n", "    # one loss, one weight and one metric list per output\n"
-                                                            "    n = len(model.outputs)\n", 1)
+    edited = edited.replace(
+        "    n = len(model.outputs)\n",
+        "    # one loss, one weight and one metric list per output\n    n = len(model.outputs)\n",
+        1,
+    )
     assert edited.count("Compile with SGD") == 1 and edited.count("one loss, one weight") == 1
     training.write_text(edited)
     assert _list_smoke(repo).splitlines() == [f"{r}\tdone" for r in runs]
 
-    training.write_text(edited.replace("    n = len(model.outputs)\n", "    n = len(model.outputs)\n    model.stop_training = False\n", 1))
-    assert _list_smoke(repo).splitlines() == [f"{r}\tstale\tcode: elastic_lib.training:compile_model" for r in runs]
+    training.write_text(
+        edited.replace(
+            "    n = len(model.outputs)\n", "    n = len(model.outputs)\n    model.stop_training = False\n", 1
+        )
+    )
+    assert _list_smoke(repo).splitlines() == [
+        f"{r}\tstale\tcode: elastic_lib.train.training:compile_model" for r in runs
+    ]
 
 
 @pytest.mark.parametrize("refactor", ["move", "rename", "rename module"])
@@ -182,8 +206,11 @@ def test_moving_or_renaming_code_keeps_runs_current(tmp_path, refactor, monkeypa
     else:  # stats.py -> statistics.py
         (lib / "stats.py").rename(lib / "statistics.py")
         for f in lib.glob("*.py"):
-            f.write_text(f.read_text().replace("from .stats import", "from .statistics import").replace(
-                "from . import stats", "from . import statistics as stats"))
+            f.write_text(
+                f.read_text()
+                .replace("from .stats import", "from .statistics import")
+                .replace("from . import stats", "from . import statistics as stats")
+            )
     before = provenance.library_hashes()
     monkeypatch.setattr(provenance, "LIB", str(lib))
     assert provenance.library_hashes() != before  # the copy was refactored
@@ -203,9 +230,14 @@ def test_upgrade_checks_the_old_fingerprint_against_its_commit(tmp_path, monkeyp
     subprocess.run(git + ["commit", "-qm", "made the run"], check=True)
     commit = subprocess.run(git + ["rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
     modules = ["config", "training", "exits"]
-    v1 = {"library": {m: hashlib.sha256((repo / "elastic_lib" / f"{m}.py").read_bytes()).hexdigest() for m in modules},
-          "notebook": provenance.notebook_hash_v1((repo / "notebooks" / "elastic_experiment.ipynb").read_text()),
-          "parameters": "p", "data": None, "data_source": None, "backend": "tensorflow"}
+    v1 = {
+        "library": {m: hashlib.sha256((repo / "elastic_lib" / f"{m}.py").read_bytes()).hexdigest() for m in modules},
+        "notebook": provenance.notebook_hash_v1((repo / "notebooks" / "elastic_experiment.ipynb").read_text()),
+        "parameters": "p",
+        "data": None,
+        "data_source": None,
+        "backend": "tensorflow",
+    }
     run = tmp_path / "run"
     run.mkdir()
     (run / "DONE").write_text("ok\n")
@@ -225,8 +257,11 @@ def test_upgrade_checks_the_old_fingerprint_against_its_commit(tmp_path, monkeyp
 
     assert provenance.upgrade(str(run)).startswith("upgraded")
     fp = results.read_params_yaml(str(run))["fingerprint"]
-    want = provenance.run_code(codehash.read_package(str(ROOT / "elastic_lib")),
-                               (ROOT / "notebooks" / "elastic_experiment.ipynb").read_text(), modules)
+    want = provenance.run_code(
+        codehash.read_package(str(ROOT / "elastic_lib")),
+        (ROOT / "notebooks" / "elastic_experiment.ipynb").read_text(),
+        modules,
+    )
     assert fp["version"] == 2 and fp["code"] == want and fp["parameters"] == "p"
     assert fp["notebook"] == provenance.notebook_hash(str(ROOT / "notebooks" / "elastic_experiment.ipynb"))
     assert provenance.upgrade(str(run)) == "already version 2"

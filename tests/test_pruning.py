@@ -1,5 +1,6 @@
-"""Channel pruning (elastic_lib.pruning) on the registry's VGG16 at 32x32 (random weights) and on
+"""Channel pruning (elastic_lib.studies.pruning.channels) on the registry's VGG16 at 32x32 (random weights) and on
 a narrow VGG of the same layer names for the whole-model schedules."""
+
 import math
 import os
 
@@ -8,8 +9,9 @@ import numpy as np
 import pytest
 from keras import layers
 
-from elastic_lib import complexity, pruning
-from elastic_lib.exits import build_elastic_model
+from elastic_lib.models import complexity
+from elastic_lib.models.exits import build_elastic_model
+from elastic_lib.studies.pruning import channels as pruning
 
 LAYER = "block3_conv1"  # its producer block2_conv2 also feeds exit02 (through block2_pool)
 
@@ -69,7 +71,7 @@ def test_reconstruction_is_no_worse_than_the_sparse_vector_at_the_same_selection
         assert e_rebuilt <= e_sparse and e_rebuilt < 0.9 * e_sparse
         # the moment-based error equals the error computed point by point
         direct = np.einsum("pklc,klcn->pn", samples.x[..., kept], rebuilt)
-        ref = ((samples.y - direct) ** 2).sum() / (samples.y ** 2).sum()
+        ref = ((samples.y - direct) ** 2).sum() / (samples.y**2).sum()
         assert e_rebuilt == pytest.approx(ref, rel=1e-6, abs=1e-12)
 
 
@@ -89,7 +91,7 @@ def test_lasso_finds_the_channels_that_carry_the_response(vgg, samples):
     per channel, He et al. eq. 3); first_k (the first 20) does not, and rebuilds the response
     far worse."""
     kernel = _kernel(vgg, LAYER)
-    alive = np.flatnonzero((samples.x ** 2).sum(axis=(0, 1, 2)) > 0)  # ReLU channels that ever fire here
+    alive = np.flatnonzero((samples.x**2).sum(axis=(0, 1, 2)) > 0)  # ReLU channels that ever fire here
     assert len(alive) >= 40
     strong = alive[:: len(alive) // 20][:20]
     weak = np.setdiff1d(np.arange(128), strong)
@@ -100,7 +102,9 @@ def test_lasso_finds_the_channels_that_carry_the_response(vgg, samples):
     np.testing.assert_array_equal(kept, strong)
     first, w_first = pruning.select("first_k", s, kernel, 20)
     np.testing.assert_array_equal(first, np.arange(20))
-    assert pruning.response_error(s, first, w_first) > 10 * pruning.response_error(s, kept, pruning.reconstruct(s, kept, kernel.shape))
+    assert pruning.response_error(s, first, w_first) > 10 * pruning.response_error(
+        s, kept, pruning.reconstruct(s, kept, kernel.shape)
+    )
 
 
 def test_max_response_keeps_the_producer_filters_with_the_largest_l1_norm(vgg, samples):
@@ -178,11 +182,35 @@ def test_whole_model_table_has_the_study_layout():
     import pandas as pd
 
     def ev(t1, t3, t5):
-        return pd.DataFrame([{"top1_correct": t1, "top3_correct": t3, "top5_correct": t5, "top1_err": 1 - t1 / 100,
-                              "top3_err": 1 - t3 / 100, "top5_err": 1 - t5 / 100, "params": 10, "kernel_macs": 100}])
+        return pd.DataFrame(
+            [
+                {
+                    "top1_correct": t1,
+                    "top3_correct": t3,
+                    "top5_correct": t5,
+                    "top1_err": 1 - t1 / 100,
+                    "top3_err": 1 - t3 / 100,
+                    "top5_err": 1 - t5 / 100,
+                    "params": 10,
+                    "kernel_macs": 100,
+                }
+            ]
+        )
+
     t = pruning.whole_model_table([("ours, no fine-tune", "x2", ev(60, 80, 90))], ev(70, 85, 95))
-    assert list(t.columns[:11]) == ["model", "ratio", "top1", "top3", "top5", "top1-e", "top3-e", "top5-e",
-                                    "top1-e-inc", "top3-e-inc", "top5-e-inc"]
+    assert list(t.columns[:11]) == [
+        "model",
+        "ratio",
+        "top1",
+        "top3",
+        "top5",
+        "top1-e",
+        "top3-e",
+        "top5-e",
+        "top1-e-inc",
+        "top3-e-inc",
+        "top5-e-inc",
+    ]
     assert t.iloc[1]["top1-e-inc"] == pytest.approx(0.1) and t.iloc[1]["top5-e"] == pytest.approx(0.1)
 
 
@@ -197,21 +225,45 @@ def test_pruning_profile_end_to_end_through_the_driver(tmp_path):
     import pandas as pd
     import yaml
 
-    from elastic_lib.config import ROOT, load_profile
+    from elastic_lib.control.paths import ROOT
+    from elastic_lib.control.profiles import load_profile
 
     spec = yaml.safe_load(open(f"{ROOT}/experiments/pruning.yaml"))
     assert load_profile("pruning").study["parameters"] == spec["study"].get("parameters", {})
-    spec["defaults"] |= dict(dataset="digits", limit_per_class=6, test_limit_per_class=3, phase1_epochs=1,
-                             phase2_epochs=1, latency_repeats=0, data_dir="")
+    spec["defaults"] |= dict(
+        dataset="digits",
+        limit_per_class=6,
+        test_limit_per_class=3,
+        phase1_epochs=1,
+        phase2_epochs=1,
+        latency_repeats=0,
+        data_dir="",
+    )
     spec["overrides"] = {k.replace("__cifar10__", "__digits__"): v for k, v in (spec.get("overrides") or {}).items()}
     # the smallest study that runs every path: one layer, one ratio (ratio 1 is the unit tests'), every
     # rule, one whole-model schedule with its joint step and fine-tuning
-    spec["study"]["parameters"] = dict(layers=["block4_conv2"], ratios=[2.0], schedules=["x2"],
-                                       sample_images=12, points_per_image=4, joint_epochs=1, fine_tune_epochs=1)
+    spec["study"]["parameters"] = dict(
+        layers=["block4_conv2"],
+        ratios=[2.0],
+        schedules=["x2"],
+        sample_images=12,
+        points_per_image=4,
+        joint_epochs=1,
+        fine_tune_epochs=1,
+    )
     prof = tmp_path / "prune.yaml"
     prof.write_text(yaml.safe_dump(spec))
-    cmd = [sys.executable, "-m", "elastic_lib.batch", "--profile", str(prof), "--results-root",
-           str(tmp_path / "results"), "--figures-root", str(tmp_path / "figures")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "elastic_lib.control.batch",
+        "--profile",
+        str(prof),
+        "--results-root",
+        str(tmp_path / "results"),
+        "--figures-root",
+        str(tmp_path / "figures"),
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=1500)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "study channel_pruning" in out.stdout
@@ -240,11 +292,18 @@ def test_committed_pruning_study_is_complete_and_matches_its_runs():
     top-1 error as each training run's own summary.csv, and at ratio 1 every rule changes nothing."""
     import pandas as pd
 
-    from elastic_lib.config import ROOT
+    from elastic_lib.control.paths import ROOT
 
     tables, figures = os.path.join(ROOT, "results", "pruning"), os.path.join(ROOT, "figures", "pruning")
-    for name in ("pruning_study.md", "single_layer.csv", "rule_ranking.csv", "whole_model.csv",
-                 "whole_model_outputs.csv", "exits_before_after.csv", "channel_pruning.ipynb"):
+    for name in (
+        "pruning_study.md",
+        "single_layer.csv",
+        "rule_ranking.csv",
+        "whole_model.csv",
+        "whole_model_outputs.csv",
+        "exits_before_after.csv",
+        "channel_pruning.ipynb",
+    ):
         assert os.path.isfile(os.path.join(tables, name)), f"missing {name}: ./run_all.sh --profile pruning --study"
     assert os.path.isfile(os.path.join(figures, "single_layer_error_increase.png"))
     single = pd.read_csv(os.path.join(tables, "single_layer.csv"))

@@ -1,11 +1,13 @@
-"""Label refinery targets (elastic_lib.refinery) from a finished run."""
+"""Label refinery targets (elastic_lib.train.refinery) from a finished run."""
+
 import numpy as np
 import pytest
-
-from elastic_lib import experiment, refinery
-from elastic_lib.config import ConfigError, RunConfig
 from tiny import BACKBONE
 from tiny import TINY as _TINY
+
+from elastic_lib import experiment
+from elastic_lib.control.config import ConfigError, RunConfig
+from elastic_lib.train import refinery
 
 pytestmark = [pytest.mark.slow, pytest.mark.backend]  # the teacher is a trained run
 TINY = {**_TINY, "backbone": BACKBONE, "limit_per_class": 6, "test_limit_per_class": 3}
@@ -22,11 +24,13 @@ def test_targets_are_the_named_output_of_the_refinery_run(teacher):
     out, exp = teacher
     cfg = RunConfig(**{**TINY, "seed": 3})  # another run of the same task
     images = exp.splits.x_test
-    soft = refinery.refinery_targets(out, cfg, images, exp.splits.num_classes)
+    soft = refinery.refinery_targets(out, experiment.Experiment.from_run_dir(out), cfg, images, exp.splits.num_classes)
     probs = exp.model.predict(exp.pipeline("test"), verbose=0)
     np.testing.assert_allclose(soft, probs[-1], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(soft.sum(1), 1.0, rtol=1e-5)
-    first = refinery.refinery_targets(out, cfg, images, exp.splits.num_classes, output="exit01")
+    first = refinery.refinery_targets(
+        out, experiment.Experiment.from_run_dir(out), cfg, images, exp.splits.num_classes, output="exit01"
+    )
     np.testing.assert_allclose(first, probs[0], rtol=1e-5, atol=1e-6)
 
 
@@ -38,9 +42,13 @@ def test_a_refinery_of_another_task_is_refused(teacher, tmp_path):
     with pytest.raises(ConfigError, match="dataset: refinery 'digits', this run 'cifar10'"):
         refinery.check_refinery(out, RunConfig(**{**TINY, "dataset": "cifar10"}), n)
     with pytest.raises(ConfigError, match="not an output"):
-        refinery.refinery_targets(out, RunConfig(**TINY), exp.splits.x_test[:2], n, output="exit99")
+        refinery.refinery_targets(
+            out, experiment.Experiment.from_run_dir(out), RunConfig(**TINY), exp.splits.x_test[:2], n, output="exit99"
+        )
     with pytest.raises(ConfigError, match="classes"):
-        refinery.refinery_targets(out, RunConfig(**TINY), exp.splits.x_test[:2], n + 1)
+        refinery.refinery_targets(
+            out, experiment.Experiment.from_run_dir(out), RunConfig(**TINY), exp.splits.x_test[:2], n + 1
+        )
     with pytest.raises(ConfigError, match="not a finished run"):
         refinery.check_refinery(str(tmp_path), RunConfig(**TINY), n)
 

@@ -1,21 +1,38 @@
-"""The analysis report (elastic_lib.report) in the Inception-v4 study's layout, on hand-made tables."""
+"""The analysis report (elastic_lib.analysis.report) in the Inception-v4 study's layout, on hand-made tables."""
+
 import numpy as np
 import pandas as pd
 
-from elastic_lib import report
+from elastic_lib.analysis import report
 
-EXITS = pd.DataFrame({"output": ["exit01", "final"], "tap_layer": ["stem", "inception_c3"], "n": [50000, 50000],
-                      "top1_correct": [20000, 40041], "top5_errors": [10000, 2555],
-                      "params_to_output": [1_000_000, 42_679_816], "macs_to_output": [5e8, 6.272e9],
-                      "flops_to_output": [1.1e9, 12.6e9]})
+EXITS = pd.DataFrame(
+    {
+        "output": ["exit01", "final"],
+        "tap_layer": ["stem", "inception_c3"],
+        "n": [50000, 50000],
+        "top1_correct": [20000, 40041],
+        "top5_errors": [10000, 2555],
+        "params_to_output": [1_000_000, 42_679_816],
+        "macs_to_output": [5e8, 6.272e9],
+        "flops_to_output": [1.1e9, 12.6e9],
+    }
+)
 
 
 def _per_class(n_classes=12):
     rows = []
     for output in ("exit01", "final"):
         for c in range(n_classes):  # class c: top-1 c/20, top-5 (n - c)/n; class 3 has no images
-            rows.append({"output": output, "class_index": c, "class_name": f"class {c}", "n": 0 if c == 3 else 50,
-                         "top1_acc": c / 20, "top5_acc": (n_classes - c) / n_classes})
+            rows.append(
+                {
+                    "output": output,
+                    "class_index": c,
+                    "class_name": f"class {c}",
+                    "n": 0 if c == 3 else 50,
+                    "top1_acc": c / 20,
+                    "top5_acc": (n_classes - c) / n_classes,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -37,8 +54,9 @@ def test_bottom_classes_by_top1_and_top5_with_names():
 
 
 def test_the_markdown_report_names_device_and_every_output():
-    text = report.analysis_report("inception_v4__cifar10__elastic", {"bn epsilon": 1e-5}, EXITS, _per_class(), None,
-                                  "CPU: test, 2 cores")
+    text = report.analysis_report(
+        "inception_v4__cifar10__elastic", {"bn epsilon": 1e-5}, EXITS, _per_class(), None, "CPU: test, 2 cores"
+    )
     assert text.startswith("# Analysis report: inception_v4__cifar10__elastic") and "bn epsilon: 1e-05" in text
     header = next(line for line in text.splitlines() if line.startswith("| output"))
     assert [c.strip() for c in header.strip("|").split("|")] == report.COLUMNS

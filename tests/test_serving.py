@@ -1,4 +1,5 @@
-"""Batched early exit, the SavedModel export and TFLite exits (elastic_lib.serving)."""
+"""Batched early exit, the SavedModel export and TFLite exits (elastic_lib.early_exit.serving)."""
+
 import subprocess
 import sys
 
@@ -6,8 +7,9 @@ import keras
 import numpy as np
 import pytest
 
-from elastic_lib import early_exit, serving
-from elastic_lib.exits import build_elastic_model
+from elastic_lib.early_exit import serving
+from elastic_lib.early_exit import staged as early_exit
+from elastic_lib.models.exits import build_elastic_model
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +50,7 @@ def test_batched_early_exit_equals_the_per_image_policy(model, images, criterion
     np.testing.assert_allclose(p, np.stack(probs)[ref, np.arange(len(images))], rtol=1e-5, atol=1e-6)
     staged = early_exit.StagedModel(model, criterion)  # the batch-of-one staged forward, image by image
     for j in range(0, len(images), 6):
-        i, q = staged.predict_dynamic(images[j:j + 1], t)
+        i, q = staged.predict_dynamic(images[j : j + 1], t)
         assert i == chosen[j]
         np.testing.assert_allclose(q[0], p[j], rtol=1e-5, atol=1e-6)
 
@@ -64,17 +66,31 @@ def test_savedmodel_reloads_in_a_fresh_process_with_the_same_outputs(model, imag
     probs = model.predict(images, verbose=0)
     t = _spread_threshold(probs, "max_prob")
     p, chosen = serving.BatchedEarlyExit(model).predict(images, t)
-    early_exit.export(model, str(tmp_path / "served"))  # the issue's entry point (serving.export behind it)
+    serving.export(model, str(tmp_path / "served"))  # the SavedModel entry point
     np.save(tmp_path / "x.npy", images)
-    code = ("import sys, numpy as np, tensorflow as tf\n"
-            "m = tf.saved_model.load(sys.argv[1])\n"
-            "r = m.serve(tf.constant(np.load(sys.argv[2])), tf.constant(float(sys.argv[3])))\n"
-            "np.save(sys.argv[4], r['probabilities'].numpy()); np.save(sys.argv[5], r['exit_index'].numpy())\n")
+    code = (
+        "import sys, numpy as np, tensorflow as tf\n"
+        "m = tf.saved_model.load(sys.argv[1])\n"
+        "r = m.serve(tf.constant(np.load(sys.argv[2])), tf.constant(float(sys.argv[3])))\n"
+        "np.save(sys.argv[4], r['probabilities'].numpy()); np.save(sys.argv[5], r['exit_index'].numpy())\n"
+    )
     # plain TensorFlow, with the workbook made unimportable (sys.modules entry None: any import fails)
     code = "import sys\nsys.modules['elastic_lib'] = None\n" + code
-    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "served"), str(tmp_path / "x.npy"), repr(t),
-                          str(tmp_path / "p.npy"), str(tmp_path / "i.npy")], capture_output=True, text=True,
-                         cwd=tmp_path)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            code,
+            str(tmp_path / "served"),
+            str(tmp_path / "x.npy"),
+            repr(t),
+            str(tmp_path / "p.npy"),
+            str(tmp_path / "i.npy"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     np.testing.assert_array_equal(np.load(tmp_path / "i.npy"), chosen)
     np.testing.assert_array_equal(np.load(tmp_path / "p.npy"), p)

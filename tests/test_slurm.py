@@ -8,6 +8,7 @@ Everything (runs, table, figures, job output) goes to tmp_path. Job states come 
 test polls every 2 s), falling back to `sacct` where the records have aged out, so no accounting
 database is needed.
 """
+
 import os
 import re
 import shutil
@@ -17,7 +18,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from tiny import BACKBONE, RUNS, TINY
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,8 +25,17 @@ SCRIPT = ROOT / "scripts" / "slurm_local.sh"
 HINT = "`sudo scripts/slurm_local.sh start` installs and starts a one-node cluster"
 # the templates ask for a GPU, 8 CPUs and 32G: a laptop-sized node gets 1 CPU per task and no GPU
 LOCAL = ["--export=ALL", "--parsable", "--cpus-per-task=1", "--mem=4G", "--time=00:20:00"]
-FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED",
-         "BOOT_FAIL", "DEADLINE"}
+FINAL = {
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+    "TIMEOUT",
+    "NODE_FAIL",
+    "OUT_OF_MEMORY",
+    "PREEMPTED",
+    "BOOT_FAIL",
+    "DEADLINE",
+}
 TIMEOUT_S = 600
 
 pytestmark = pytest.mark.slow
@@ -89,24 +98,35 @@ def _sbatch(args, env) -> str:
 
 
 def _logs(folder: Path) -> str:
-    return "\n".join(f"--- {p.name}\n" + "\n".join(p.read_text(errors="replace").splitlines()[-30:])
-                     for p in sorted(folder.glob("*.out")))
+    return "\n".join(
+        f"--- {p.name}\n" + "\n".join(p.read_text(errors="replace").splitlines()[-30:])
+        for p in sorted(folder.glob("*.out"))
+    )
 
 
 def test_array_then_aggregate_on_slurm(cluster, tmp_path):
     env = dict(cluster)
     profile = tmp_path / "slurm-digits.yaml"
-    profile.write_text(yaml.safe_dump({"description": "test_slurm: two digits runs", "defaults": TINY, "grid": {
-        "backbone": [BACKBONE], "dataset": ["digits"], "variant": ["elastic", "baseline"]}}))
+    profile.write_text(
+        yaml.safe_dump(
+            {
+                "description": "test_slurm: two digits runs",
+                "defaults": TINY,
+                "grid": {"backbone": [BACKBONE], "dataset": ["digits"], "variant": ["elastic", "baseline"]},
+            }
+        )
+    )
     results_root, figures_root, logs = tmp_path / "results", tmp_path / "figures", tmp_path / "logs"
     logs.mkdir()
     env.update(PROFILE=str(profile), RESULTS_ROOT=str(results_root), FIGURES_ROOT=str(figures_root))
 
     t0 = time.time()
-    array = _sbatch([*LOCAL, "--gres=none", "--array=0-1", f"--output={logs}/%x_%A_%a.out",
-                     "slurm/run_pair.sbatch"], env)
-    agg = _sbatch([*LOCAL, f"--dependency=afterok:{array}", f"--output={logs}/%x_%j.out",
-                   "slurm/aggregate.sbatch"], env)
+    array = _sbatch(
+        [*LOCAL, "--gres=none", "--array=0-1", f"--output={logs}/%x_%A_%a.out", "slurm/run_pair.sbatch"], env
+    )
+    agg = _sbatch(
+        [*LOCAL, f"--dependency=afterok:{array}", f"--output={logs}/%x_%j.out", "slurm/aggregate.sbatch"], env
+    )
     states, done_at = {}, {}
     try:
         while time.time() - t0 < TIMEOUT_S and not _finished(states):
@@ -119,14 +139,16 @@ def test_array_then_aggregate_on_slurm(cluster, tmp_path):
         if not _finished(states):
             _run(["scancel", array, agg], env)
 
-    summary = {j: (r["JobState"], r["ExitCode"], f"{done_at[j]:.0f} s" if j in done_at else "-")
-               for j, r in states.items()}
+    summary = {
+        j: (r["JobState"], r["ExitCode"], f"{done_at[j]:.0f} s" if j in done_at else "-") for j, r in states.items()
+    }
     print(f"\n[slurm] job state, exit code, finished after (submit = 0): {summary}")
     for j, r in states.items():
         if "RunTime" in r:
             print(f"[slurm] {j} {r.get('JobName', '')}: ran {r['RunTime']} from {r.get('StartTime')}")
-    assert len(states) == 3 and all(s == "COMPLETED" and code == "0:0" for s, code, _ in summary.values()), \
+    assert len(states) == 3 and all(s == "COMPLETED" and code == "0:0" for s, code, _ in summary.values()), (
         f"{summary}\n{_logs(logs)}"
+    )
 
     profile_dir = results_root / profile.stem
     for run in RUNS:

@@ -1,15 +1,16 @@
 """Paired statistics against values computed by hand or from textbook tables."""
+
 import numpy as np
 import pytest
 
-from elastic_lib import stats
+from elastic_lib.analysis import stats
 
 
 def test_t_interval_matches_the_t_table():
     # differences 1, 2, 3: mean 2, sample sd 1, t(0.975, 2 df) = 4.303 (printed tables) -> 2 -/+ 4.303 / sqrt(3)
     mean, lo, hi = stats.t_interval([1.0, 2.0, 3.0])
     assert mean == 2.0
-    assert lo == pytest.approx(2 - 4.303 / 3 ** 0.5, abs=1e-3) and hi == pytest.approx(2 + 4.303 / 3 ** 0.5, abs=1e-3)
+    assert lo == pytest.approx(2 - 4.303 / 3**0.5, abs=1e-3) and hi == pytest.approx(2 + 4.303 / 3**0.5, abs=1e-3)
     m1, lo1, hi1 = stats.t_interval([5.0])
     assert m1 == 5.0 and np.isnan(lo1) and np.isnan(hi1)
 

@@ -1,16 +1,17 @@
 """Loss weights, the two-phase recipe (what is frozen when), history columns, determinism and
 divergence. Training runs tiny_cnn on 60 digits at 16x16: a few steps per phase."""
+
 import numpy as np
 import pandas as pd
 import pytest
 
-from elastic_lib import build_elastic_model, get_backbone
-from elastic_lib.data import EpochPlan, load_dataset, num_batches
-from elastic_lib.loader import make_input
-from elastic_lib.exits import short_output_names
-from elastic_lib.config import RunConfig
-from elastic_lib.reproducibility import set_determinism
-from elastic_lib.training import TrainingDiverged, fit_two_phase, loss_weights
+from elastic_lib.control.config import RunConfig
+from elastic_lib.data.arrays import EpochPlan, load_dataset, num_batches
+from elastic_lib.data.pipeline import make_input
+from elastic_lib.models.backbones import preprocess_input
+from elastic_lib.models.exits import build_elastic_model, short_output_names
+from elastic_lib.runtime import set_determinism
+from elastic_lib.train.training import TrainingDiverged, fit_two_phase, loss_weights
 
 pytestmark = pytest.mark.backend  # ./run_tests.sh runs this file on every backend
 
@@ -46,7 +47,7 @@ def digits():
 
 
 def pipelines(model, s, x_train=None, shuffle=False):
-    pre = get_backbone(BACKBONE).preprocess
+    pre = preprocess_input(BACKBONE)
     n = len(model.outputs)
     x_train = s.x_train if x_train is None else x_train
     val = make_input("auto", s.x_val, s.y_val, SIZE, pre, BATCH, n)
@@ -55,8 +56,11 @@ def pipelines(model, s, x_train=None, shuffle=False):
 
     def train(phase, first_epoch, epochs):  # what Experiment.train_input gives fit_two_phase
         plan = EpochPlan(len(x_train), seed=0, phase=phase)
-        return (make_input("auto", x_train, s.y_train, SIZE, pre, BATCH, n, plan, epochs, first_epoch),
-                num_batches(len(x_train), BATCH))
+        return (
+            make_input("auto", x_train, s.y_train, SIZE, pre, BATCH, n, plan, epochs, first_epoch),
+            num_batches(len(x_train), BATCH),
+        )
+
     return train, val
 
 
@@ -65,7 +69,7 @@ def snapshot(model):
 
 
 def is_head(name):
-    return name.startswith("exit_") or name.startswith("final_")
+    return name.startswith(("exit_", "final_"))
 
 
 def changed(before, after, name):
@@ -117,8 +121,12 @@ def _tiny_run(digits, loss_scheme="depth"):
     set_determinism(0)
     model = build_elastic_model(BACKBONE, 10, SIZE, exits=["block1_out", "block2_out"])
     train, val = pipelines(model, digits, shuffle=True)
-    return fit_two_phase(model, train, val, RunConfig(phase1_epochs=0, phase2_epochs=1, phase2_learning_rate=0.01,
-                                                        loss_weights=loss_scheme))
+    return fit_two_phase(
+        model,
+        train,
+        val,
+        RunConfig(phase1_epochs=0, phase2_epochs=1, phase2_learning_rate=0.01, loss_weights=loss_scheme),
+    )
 
 
 @pytest.mark.slow
@@ -138,8 +146,9 @@ def _fit_baseline(digits, lr, x_train=None, phase=2):
     set_determinism(0)
     model = build_elastic_model(BACKBONE, 10, SIZE, exits="none")
     train, val = pipelines(model, digits, x_train=x_train)
-    cfg = RunConfig(phase1_epochs=int(phase == 1), phase2_epochs=int(phase == 2), learning_rate=lr,
-                      phase2_learning_rate=lr)
+    cfg = RunConfig(
+        phase1_epochs=int(phase == 1), phase2_epochs=int(phase == 2), learning_rate=lr, phase2_learning_rate=lr
+    )
     return fit_two_phase(model, train, val, cfg)
 
 
@@ -168,9 +177,19 @@ def test_nan_inputs_diverge(digits):
 def test_experiment_mirrored_strategy_trains(tmp_path):
     from elastic_lib.experiment import Experiment
 
-    exp = Experiment({"backbone": BACKBONE, "dataset": "digits", "image_size": SIZE, "limit_per_class": 6,
-                      "phase1_epochs": 1, "phase2_epochs": 0, "batch_size": BATCH, "strategy": "mirrored",
-                      "output_dir": str(tmp_path / "run")})
+    exp = Experiment(
+        {
+            "backbone": BACKBONE,
+            "dataset": "digits",
+            "image_size": SIZE,
+            "limit_per_class": 6,
+            "phase1_epochs": 1,
+            "phase2_epochs": 0,
+            "batch_size": BATCH,
+            "strategy": "mirrored",
+            "output_dir": str(tmp_path / "run"),
+        }
+    )
     exp.setup()
     exp.load_data()
     before = [np.array(w) for w in exp.build_model().get_weights()]

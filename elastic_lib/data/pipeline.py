@@ -1,0 +1,122 @@
+"""The backend-neutral input path: NumPy batches in a ``keras.utils.PyDataset``.
+
+Why ``PyDataset``: it is Keras' own loader, so ``fit``, ``evaluate`` and ``predict`` take it on
+every backend (TensorFlow, JAX, PyTorch) with no extra dependency, and its batches are plain
+NumPy arrays that can be compared with the ``tf.data`` path's. The stream is the ``tf.data``
+path's, batch for batch: the same ``EpochPlan`` (order, flips, offsets), the same resize
+(``keras.ops.image.resize``, bilinear, no antialiasing: ``tf.image.resize``'s default), the same
+augmentation and the backbone's ``preprocess_input`` on the host. Which path a run uses:
+``input_pipeline`` (``auto``: ``tf.data`` on TensorFlow, this one elsewhere).
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+
+from elastic_lib.control.config import INPUT_PIPELINES as PIPELINES
+from elastic_lib.data.arrays import EpochPlan, num_batches
+
+
+def resize(x: np.ndarray, image_size: int) -> np.ndarray:
+    """float32 NHWC images resized to image_size (bilinear, half-pixel centres, no antialiasing)."""
+    if x.shape[1] == image_size and x.shape[2] == image_size:
+        return x
+    out = keras.ops.image.resize(x, (image_size, image_size), interpolation="bilinear", antialias=False)
+    return np.asarray(keras.ops.convert_to_numpy(out), dtype=np.float32)
+
+
+def flip_translate(x: np.ndarray, rows: np.ndarray, pad: int) -> np.ndarray:
+    """Flip the images whose ``rows[:, 1]`` is 1, then shift each by (dy, dx) - pad (zero padding)."""
+    x = np.where(rows[:, 1].astype(bool)[:, None, None, None], x[:, :, ::-1], x)
+    x = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    span = np.arange(x.shape[1] - 2 * pad)
+    x = np.take_along_axis(x, (rows[:, 2:3] + span[None])[:, :, None, None], axis=1)
+    return np.take_along_axis(x, (rows[:, 3:4] + span[None])[:, None, :, None], axis=2)
+
+
+class ArrayBatches(keras.utils.PyDataset):
+    """Epochs ``first_epoch ..`` of ``plan`` over (x, y) as one stream of NumPy batches (epoch by
+    epoch, ``num_batches(n, batch_size)`` each); ``fit`` reads it with that ``steps_per_epoch``.
+    Items: (preprocessed float32 images, labels repeated once per model output)."""
+
+    def __init__(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        image_size: int,
+        preprocess,
+        batch_size: int,
+        num_outputs: int = 1,
+        plan: EpochPlan | None = None,
+        epochs: int = 1,
+        first_epoch: int = 0,
+    ):
+        super().__init__(workers=1, use_multiprocessing=False)
+        self.x, self.y, self.image_size, self.preprocess = x, y, image_size, preprocess
+        self.batch_size, self.num_outputs, self.epochs, self.first_epoch = batch_size, num_outputs, epochs, first_epoch
+        self.plan = plan or EpochPlan(len(x), shuffle=False)
+        self.per_epoch = num_batches(len(x), batch_size)
+        self._rows = (None, None)  # (epoch, its rows): one epoch's plan is drawn once
+
+    def __len__(self) -> int:
+        return self.epochs * self.per_epoch
+
+    def epoch_rows(self, epoch: int) -> np.ndarray:
+        if self._rows[0] != epoch:
+            self._rows = (epoch, self.plan.rows(epoch))
+        return self._rows[1]
+
+    def __getitem__(self, i: int):
+        if not 0 <= i < len(self):
+            raise IndexError(f"batch {i} of a stream of {len(self)}")
+        epoch, b = self.first_epoch + i // self.per_epoch, i % self.per_epoch
+        rows = self.epoch_rows(epoch)[b * self.batch_size : (b + 1) * self.batch_size]
+        xb = resize(self.x[rows[:, 0]].astype(np.float32), self.image_size)
+        if self.plan.pad:
+            xb = flip_translate(xb, rows, self.plan.pad)
+        xb = np.asarray(self.preprocess(xb), dtype=np.float32)
+        return xb, tuple([self.y[rows[:, 0]]] * self.num_outputs)
+
+
+def resolve(kind: str) -> str:
+    """``auto`` -> ``tf_data`` on TensorFlow, ``pydataset`` on another backend."""
+    from elastic_lib.control import backend
+
+    if kind not in PIPELINES:
+        raise ValueError(f"unknown input_pipeline {kind!r}; valid: {PIPELINES}")
+    if kind == "auto":
+        return "tf_data" if backend.name() == "tensorflow" else "pydataset"
+    return kind
+
+
+def make_input(
+    kind: str,
+    x,
+    y,
+    image_size: int,
+    preprocess,
+    batch_size: int,
+    num_outputs: int = 1,
+    plan: EpochPlan | None = None,
+    epochs: int = 1,
+    first_epoch: int = 0,
+):
+    """The input stream of ``kind`` (``PIPELINES``); same arguments as ``data.make_pipeline``."""
+    args = (x, y, image_size, preprocess, batch_size, num_outputs, plan, epochs, first_epoch)
+    if resolve(kind) == "tf_data":
+        from elastic_lib.data.arrays import make_pipeline
+
+        return make_pipeline(*args)
+    return ArrayBatches(*args)
+
+
+def first_images(dataset, n: int) -> np.ndarray:
+    """The first ``n`` preprocessed images of either path (what latency measurements feed)."""
+    out, have = [], 0
+    for xb, _ in dataset if not isinstance(dataset, ArrayBatches) else (dataset[i] for i in range(len(dataset))):
+        out.append(np.asarray(keras.ops.convert_to_numpy(xb)))
+        have += len(out[-1])
+        if have >= n:
+            break
+    return np.concatenate(out)[:n]
