@@ -48,8 +48,8 @@ COST_COLUMNS = [
 
 class Experiment:
     def __init__(self, params: dict | RunConfig):
-        self.cfg = params if isinstance(params, RunConfig) else RunConfig.from_dict(dict(params))
-        self.cfg.validate()
+        # validated once: from_dict checks a dict, a RunConfig built by hand is checked here
+        self.cfg = params.validate() if isinstance(params, RunConfig) else RunConfig.from_dict(dict(params))
         self.run_dir = os.path.abspath(self.cfg.run_dir())
         self.determinism: dict | None = None  # setup()
         self.code: dict | None = None  # setup(): library and notebook hashes at the start

@@ -67,6 +67,12 @@ def start(profile, root, *extra, env=None):
     )
 
 
+def failpoint_env(pattern: str) -> dict:
+    """A full disk for files named like ``pattern`` in every process of a run (tests/failpoints/)."""
+    path = os.pathsep.join(p for p in (str(ROOT / "tests" / "failpoints"), os.environ.get("PYTHONPATH")) if p)
+    return {"ELASTIC_FAILPOINT_ENOSPC": pattern, "PYTHONPATH": path}
+
+
 def run(profile, root, *extra, env=None, timeout=600):
     proc = start(profile, root, *extra, env=env)
     out, _ = proc.communicate(timeout=timeout)
@@ -322,9 +328,7 @@ def test_random_sigkills_during_real_training_lose_nothing(tmp_path):
 
 # ---------------------------------------------------------------- disk full, out of memory
 def test_disk_full_in_the_notebook_marks_the_run_failed_with_its_cause(profile, tmp_path):
-    code, out = run(
-        profile, tmp_path, "--only", RUNS[1], "--no-aggregate", env={"ELASTIC_FAILPOINT_ENOSPC": "exits.csv"}
-    )
+    code, out = run(profile, tmp_path, "--only", RUNS[1], "--no-aggregate", env=failpoint_env("exits.csv"))
     assert code == 1
     assert f"{RUNS[1]}: no space left on device" in out, out[-2000:]
     d = run_dir(tmp_path, RUNS[1])
@@ -333,7 +337,7 @@ def test_disk_full_in_the_notebook_marks_the_run_failed_with_its_cause(profile, 
 
 def test_disk_full_in_the_driver_marks_nothing_done(profile, tmp_path):
     """The driver's own last writes (the DONE marker) fail: the run is not marked DONE."""
-    code, out = run(profile, tmp_path, "--only", RUNS[1], "--no-aggregate", env={"ELASTIC_FAILPOINT_ENOSPC": "DONE"})
+    code, out = run(profile, tmp_path, "--only", RUNS[1], "--no-aggregate", env=failpoint_env("DONE"))
     assert code == 1 and "no space left on device (while the driver wrote" in out, out[-2000:]
     assert not (run_dir(tmp_path, RUNS[1]) / "DONE").exists()
 

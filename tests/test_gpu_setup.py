@@ -160,12 +160,12 @@ def test_weights_dir_serves_imagenet_runs_offline(tmp_path):
     """A weights file made here stands in for the download: the run loads exactly it."""
     import keras
 
-    from elastic_lib.control.registry import get_backbone
     from elastic_lib.experiment import Experiment
+    from elastic_lib.models.backbones import build_backbone
 
     def fake_imagenet(name):  # what Keras' download would hand back: a no-top backbone with weights
         keras.utils.set_random_seed(123)
-        return get_backbone(name).constructor(input_shape=(224, 224, 3), weights=None)
+        return build_backbone(name, (224, 224, 3), None)
 
     files = weights.download(["mobilenet_0.75"], str(tmp_path / "w"), build=fake_imagenet)
     assert files == [weights_file(str(tmp_path / "w"), "mobilenet_0.75")]

@@ -61,10 +61,10 @@ def test_a_run_is_todo_then_done_then_stale_and_rerun_stale_redoes_it(tmp_path, 
     assert {"config", "data", "exits", "experiment", "training", "plots"} <= modules
     assert not modules & set(provenance.NOT_RECORDED)
     # what the notebook can reach, not every unit of an imported module (the tolerance check is tooling)
-    assert "reproducibility:set_determinism" in fp["code"] and "reproducibility:compare_run" not in fp["code"]
-    assert "reproducibility:machine_info" not in fp["code"]  # what a run writes about its machine
+    assert "runtime:set_determinism" in fp["code"] and "control.reproducibility:compare_run" not in fp["code"]
+    assert "control.environment:machine_info" not in fp["code"]  # what a run writes about its machine
     now = provenance.library_hashes()
-    assert fp["code"]["training:compile_model"] == " ".join(now["training:compile_model"][:2])
+    assert fp["code"]["train.training:compile_model"] == " ".join(now["train.training:compile_model"][:2])
     assert fp["version"] == 2 and fp["notebook"] == provenance.notebook_hash()
     assert fp["data"] == provenance.data_hash("digits")
     assert f"{name}\tdone" in run_batch(prof, tmp_path, "--list").stdout
@@ -72,8 +72,8 @@ def test_a_run_is_todo_then_done_then_stale_and_rerun_stale_redoes_it(tmp_path, 
     # the library changes (a copy of it, edited): stale, naming the function
     lib = tmp_path / "elastic_lib"
     shutil.copytree(ROOT / "elastic_lib", lib, ignore=shutil.ignore_patterns("__pycache__"))
-    src = (lib / "training.py").read_text()
-    (lib / "training.py").write_text(
+    src = (lib / "train" / "training.py").read_text()
+    (lib / "train" / "training.py").write_text(
         src.replace("    n = len(model.outputs)\n", "    n = len(model.outputs)\n    n = n + 0\n", 1)
     )
     monkeypatch.setattr(provenance, "LIB", str(lib))
@@ -166,7 +166,7 @@ def test_comments_and_docstrings_keep_runs_current_and_a_new_statement_makes_the
     (every smoke run is stale, and --list names the function)."""
     repo = _repo_copy(tmp_path)
     runs = [r.run_id() for r in load_profile("smoke").runs]
-    training = repo / "elastic_lib" / "training.py"
+    training = repo / "elastic_lib" / "train" / "training.py"
     src = training.read_text()
     edited = src.replace('    """SGD(lr, momentum; default', '    """Compile with SGD(lr, momentum; default', 1)
     edited = edited.replace(
@@ -195,21 +195,25 @@ def test_moving_or_renaming_code_keeps_runs_current(tmp_path, refactor, monkeypa
     repo = _repo_copy(tmp_path)
     lib = repo / "elastic_lib"
     if refactor == "move":  # training.loss_weights -> a new module, imported back
-        src = (lib / "training.py").read_text()
+        src = (lib / "train" / "training.py").read_text()
         start = src.index("def loss_weights(")
         end = src.index("\ndef ", start + 1)
-        (lib / "weighting.py").write_text("from .config import LOSS_WEIGHT_SCHEMES\n\n\n" + src[start:end])
-        (lib / "training.py").write_text(src[:start] + "from .weighting import loss_weights  # noqa\n\n" + src[end:])
+        (lib / "train" / "weighting.py").write_text(
+            "from elastic_lib.control.config import LOSS_WEIGHT_SCHEMES\n\n\n" + src[start:end]
+        )
+        (lib / "train" / "training.py").write_text(
+            src[:start] + "from elastic_lib.train.weighting import loss_weights  # noqa\n\n" + src[end:]
+        )
     elif refactor == "rename":  # exits.output_names -> exits.output_layer_names, everywhere in the library
-        for f in lib.glob("*.py"):
+        for f in lib.rglob("*.py"):
             f.write_text(re.sub(r"\boutput_names\b", "output_layer_names", f.read_text()))
     else:  # stats.py -> statistics.py
-        (lib / "stats.py").rename(lib / "statistics.py")
-        for f in lib.glob("*.py"):
+        (lib / "analysis" / "stats.py").rename(lib / "analysis" / "statistics.py")
+        for f in lib.rglob("*.py"):
             f.write_text(
                 f.read_text()
-                .replace("from .stats import", "from .statistics import")
-                .replace("from . import stats", "from . import statistics as stats")
+                .replace("from elastic_lib.analysis.stats import", "from elastic_lib.analysis.statistics import")
+                .replace("import stats", "import statistics as stats")
             )
     before = provenance.library_hashes()
     monkeypatch.setattr(provenance, "LIB", str(lib))
@@ -229,9 +233,12 @@ def test_upgrade_checks_the_old_fingerprint_against_its_commit(tmp_path, monkeyp
     subprocess.run(git + ["add", "-A"], check=True)
     subprocess.run(git + ["commit", "-qm", "made the run"], check=True)
     commit = subprocess.run(git + ["rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-    modules = ["config", "training", "exits"]
+    modules = ["control.config", "train.training", "models.exits"]
     v1 = {
-        "library": {m: hashlib.sha256((repo / "elastic_lib" / f"{m}.py").read_bytes()).hexdigest() for m in modules},
+        "library": {
+            m: hashlib.sha256((repo / "elastic_lib" / f"{m.replace('.', '/')}.py").read_bytes()).hexdigest()
+            for m in modules
+        },
         "notebook": provenance.notebook_hash_v1((repo / "notebooks" / "elastic_experiment.ipynb").read_text()),
         "parameters": "p",
         "data": None,
@@ -244,15 +251,15 @@ def test_upgrade_checks_the_old_fingerprint_against_its_commit(tmp_path, monkeyp
     doc = {"environment": {"git_commit": commit}, "fingerprint": v1}
     (run / "params.yaml").write_text(yaml.safe_dump(doc))
     # the code after the run: training.py changed and committed (the upgrade reads the run's commit)
-    (repo / "elastic_lib" / "training.py").write_text("# later\n")
+    (repo / "elastic_lib" / "train" / "training.py").write_text("# later\n")
     subprocess.run(git + ["commit", "-qam", "later"], check=True)
     monkeypatch.setattr(provenance, "ROOT", str(repo))
 
     bad = run.parent / "bad"
     shutil.copytree(run, bad)
-    tampered = {**doc, "fingerprint": {**v1, "library": {**v1["library"], "exits": "0" * 64}}}
+    tampered = {**doc, "fingerprint": {**v1, "library": {**v1["library"], "models.exits": "0" * 64}}}
     (bad / "params.yaml").write_text(yaml.safe_dump(tampered))
-    with pytest.raises(ValueError, match=r"made by other code than commit .*elastic_lib/exits|exits"):
+    with pytest.raises(ValueError, match=r"made by other code than commit .*elastic_lib/models/exits|exits"):
         provenance.upgrade(str(bad))
 
     assert provenance.upgrade(str(run)).startswith("upgraded")

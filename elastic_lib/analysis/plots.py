@@ -13,6 +13,8 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
+from elastic_lib.control.config import default
+
 RC = {"svg.hashsalt": "elastic", "figure.dpi": 100, "savefig.dpi": 110, "axes.grid": True, "grid.alpha": 0.3}
 
 
@@ -53,7 +55,7 @@ def _style():
         plt.rcParams.update(old)
 
 
-def model_label(backbone: str, variant: str = "elastic") -> str:
+def model_label(backbone: str, variant: str = default("variant")) -> str:
     """The one label rule for models in tables and figures: Elastic-<backbone> or <backbone>."""
     return f"Elastic-{backbone}" if variant == "elastic" else backbone
 

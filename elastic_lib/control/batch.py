@@ -182,9 +182,9 @@ def _prepare(profile: str, only: str | None, data_dir: str | None, results_root:
     prof = load_profile(profile, results_root)
     runs = select(prof.runs, only)
     for r in runs:
-        if data_dir:
+        if data_dir:  # the profile's runs were validated when it was read; a new data_dir is checked now
             r.data_dir = os.path.abspath(os.path.expanduser(data_dir))
-        r.validate()
+            r.validate()
         check_parameters(TEMPLATE, {**r.to_dict(), "write_done": False})
     return prof, runs
 

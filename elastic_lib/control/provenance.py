@@ -41,7 +41,7 @@ LIB = os.path.join(ROOT, "elastic_lib")
 NOTEBOOK = os.path.join(ROOT, EXPERIMENT_NOTEBOOK)
 PARTS = ("code", "notebook", "parameters", "data")
 VERSION = 2
-NOT_RECORDED = ("codehash", "provenance")  # they make the fingerprint; their tests guard them
+NOT_RECORDED = ("control.codehash", "control.provenance")  # they make the fingerprint; their tests guard them
 # What a run writes about its machine and versions: named, not hashed (a run on another machine or a
 # new machine description stays current).
 OPAQUE = (
@@ -288,7 +288,7 @@ def changes(run_dir: str, cfg: RunConfig | None = None, data_dir: str | None = N
         with open(NOTEBOOK) as f:
             nb_now = notebook_hash_v1(f.read())
     if nb_now != rec["notebook"]:
-        out.append("notebook: notebooks/elastic_experiment.ipynb")
+        out.append(f"notebook: {EXPERIMENT_NOTEBOOK}")
     made_on = rec.get("backend", "tensorflow")  # runs made before backends were recorded: TensorFlow
     if made_on != backend.name():
         out.append(f"backend: made on {made_on}, this session runs Keras on {backend.name()}")
@@ -364,9 +364,9 @@ def upgrade(run_dir: str) -> str:
         for m, h in sorted(rec["library"].items())
         if _sha((_git_show(commit, f"elastic_lib/{m.replace('.', '/')}.py") or "").encode()) != h
     ]
-    nb = _git_show(commit, "notebooks/elastic_experiment.ipynb")
+    nb = _git_show(commit, EXPERIMENT_NOTEBOOK)
     if nb is None or notebook_hash_v1(nb) != rec["notebook"]:
-        mismatched.append("notebooks/elastic_experiment.ipynb")
+        mismatched.append(EXPERIMENT_NOTEBOOK)
     if mismatched:
         raise ValueError(f"{run_dir}: made by other code than commit {commit[:7]} ({', '.join(mismatched)}); rerun it")
     new = {

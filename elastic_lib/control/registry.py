@@ -27,6 +27,7 @@ class Backbone:
     kwargs: dict = field(default_factory=dict)
     options: tuple[str, ...] = ()  # the builder's own options that a run may set (RunConfig fields)
     imagenet: bool = True  # Keras has ImageNet weights for it
+    default_size: int = 224  # its ImageNet input side (the model table in docs/models.md is at this size)
 
 
 # ---------------------------------------------------------------- exit-tap rules
@@ -87,7 +88,9 @@ REGISTRY: dict[str, Backbone] = {
             32,
             "mobilenet_v2",
         ),
-        Backbone("inception_v3", "InceptionV3", _names_matching(r"mixed(\d|10)"), 75, "inception_v3", True),
+        Backbone(
+            "inception_v3", "InceptionV3", _names_matching(r"mixed(\d|10)"), 75, "inception_v3", True, default_size=299
+        ),
         Backbone("resnet50", "ResNet50", _RESNET_TAPS, 32, "resnet50", True),
         Backbone("resnet50_legacy", f"{_BUILDERS}.resnet50_legacy:resnet50_legacy", _RESNET_TAPS, 197, "resnet50"),
         Backbone("resnet101", "ResNet101", _RESNET_TAPS, 32, "resnet"),
@@ -106,6 +109,7 @@ REGISTRY: dict[str, Backbone] = {
             "inception_v3",
             options=("bn_epsilon", "count_include_pad"),
             imagenet=False,
+            default_size=299,
         ),
         Backbone(
             "efficientnet_b0_cifar",
@@ -114,6 +118,7 @@ REGISTRY: dict[str, Backbone] = {
             32,
             "efficientnet",
             imagenet=False,
+            default_size=32,  # a CIFAR network
         ),
         # a toy for tests and demos: trains in seconds
         Backbone(
@@ -123,6 +128,7 @@ REGISTRY: dict[str, Backbone] = {
             8,
             "mobilenet",
             imagenet=False,
+            default_size=32,
         ),
     ]
 }

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import fnmatch
 import glob
 import os
 import socket
@@ -27,14 +26,6 @@ from elastic_lib.control.paths import ROOT
 DONE = "DONE"
 FAILED = "FAILED"
 FLOAT_FORMAT = "%.6g"
-
-
-def _failpoint(path: str) -> None:
-    """Fault injection for the tests: with ``ELASTIC_FAILPOINT_ENOSPC=<glob>`` set, writing a file
-    whose name matches fails as on a full disk (the notebook kernel inherits the variable)."""
-    pattern = os.environ.get("ELASTIC_FAILPOINT_ENOSPC")
-    if pattern and fnmatch.fnmatch(os.path.basename(path), pattern):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
 
 
 def current_umask() -> int:
@@ -53,7 +44,6 @@ def atomic_write_text(path: str, text: str) -> None:
     """Write ``text`` to a temp file in the same folder, fsync, then rename over ``path``. The
     file gets the mode a plain ``open`` would give (0666 minus the umask: 0644 typically), not
     the temp file's private 0600, so group members on shared storage can read results."""
-    _failpoint(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp_", dir=folder)

@@ -20,14 +20,11 @@ import os
 import sys
 import tempfile
 
-from elastic_lib.control.paths import INTERACTIVE_ENV, ROOT
+from elastic_lib.control.paths import INTERACTIVE_ENV, PERSONAL_DIR, ROOT, STUDY_TEMPLATES, TEMPLATES
 
-TEMPLATES = ("notebooks/elastic_experiment.ipynb", "notebooks/aggregate.ipynb")  # nbval's, with stored outputs
 # study notebooks: run by ./run_all.sh (a profile's `study:`), guarded the same way, stored without
 # outputs and not collected by nbval (tests run them end to end through the driver on a tiny profile)
-STUDY_TEMPLATES = ("notebooks/channel_pruning.ipynb",)
 EDIT_ENV = "ELASTIC_EDIT_TEMPLATES"
-PERSONAL_DIR = "notebooks/personal"
 
 
 def template_paths() -> list[str]:

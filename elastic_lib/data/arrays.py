@@ -167,7 +167,7 @@ def _download(name: str) -> str:
         socket.setdefaulttimeout(old)
 
 
-def load_cifar_arrays(name: str, data_dir: str | None = None, label_mode: str = "fine"):
+def load_cifar_arrays(name: str, data_dir: str | None = None, label_mode: str = default("label_mode")):
     """(x_train, y_train), (x_test, y_test), class_names from the official python layout,
     whatever the number of training batches. Images come back as uint8 NHWC."""
     if label_mode not in LABEL_MODES:

@@ -41,7 +41,13 @@ def check_refinery(refinery_run: str, cfg, num_classes: int | None = None) -> di
 
 
 def refinery_targets(
-    refinery_run: str, teacher, cfg, images: np.ndarray, num_classes: int, output: str = "final", batch_size: int = 256
+    refinery_run: str,
+    teacher,
+    cfg,
+    images: np.ndarray,
+    num_classes: int,
+    output: str = "final",
+    predict_batch_size: int = 256,
 ) -> np.ndarray:
     """Soft targets [N, classes] for ``images`` (raw uint8, as the data loader returns them): the
     refinery run's ``output`` (``final`` or ``exitNN``), each model preprocessing as it was trained.
@@ -66,7 +72,7 @@ def refinery_targets(
         np.zeros(len(images), int),
         teacher.cfg.host_image_size(images.shape[1]),
         teacher.preprocess,
-        batch_size,
+        predict_batch_size,
         len(teacher.model.outputs),
     )
     probs = teacher.model.predict(ds, verbose=0)  # predict reads the images and ignores the labels

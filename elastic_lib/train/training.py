@@ -21,7 +21,7 @@ import keras
 import numpy as np
 import pandas as pd
 
-from elastic_lib.control.config import LOSS_WEIGHT_SCHEMES, RunConfig
+from elastic_lib.control.config import LOSS_WEIGHT_SCHEMES, RunConfig, default
 from elastic_lib.control.results import atomic_write_text, remove_tree
 from elastic_lib.models import keras_compat
 from elastic_lib.models.exits import is_head_layer, output_names, short_output_names
@@ -67,7 +67,7 @@ def set_bn_momentum(model: keras.Model, momentum: float | None) -> int:
 FROZEN_BN_MOMENTUM = 1.0  # moving = moving * 1 + batch * 0: the statistics stay exactly as they are
 
 
-def set_trainable(model: keras.Model, backbone: bool, frozen_bn: str = "inference") -> None:
+def set_trainable(model: keras.Model, backbone: bool, frozen_bn: str = default("frozen_bn")) -> None:
     """Backbone trainable or frozen (heads always train).
 
     frozen_bn (when frozen): ``inference`` = Keras 3, a frozen BatchNorm normalises with its

@@ -41,7 +41,7 @@ class RunData:
     x_test: np.ndarray
     y_test: np.ndarray
 
-    def sample_images(self, n: int, seed: int = 0) -> np.ndarray:
+    def sample_images(self, n: int, seed: int = default("seed", PruningConfig)) -> np.ndarray:
         """``n`` training images (stratification aside: a seeded random draw) for the sampled points."""
         idx = np.random.default_rng(seed).permutation(len(self.x_train))[:n]
         return self.x_train[np.sort(idx)]
@@ -251,7 +251,7 @@ def single_layer_figure(table: pd.DataFrame, ours: str = "ours"):
 
 
 # ---------------------------------------------------------------- whole model
-def fine_tune(model, run: RunData, epochs: int, learning_rate: float, seed: int = 0):
+def fine_tune(model, run: RunData, epochs: int, learning_rate: float, seed: int = default("seed", PruningConfig)):
     """A short fine-tuning run of a pruned model: every layer, the run's summed cross-entropies,
     SGD(learning_rate, momentum 0.9), ``epochs`` passes over the training split."""
     import keras
