@@ -33,8 +33,8 @@ echo "[tests] environments ready in $((SECONDS - t0)) s" >&2
 # tests/test_backends.py only.
 tests_for() {
   case "$1" in
-    torch) echo tests/test_backends.py ;;
-    *) echo tests/test_backends.py tests/test_training.py tests/test_heads.py tests/test_early_exit.py \
+    torch) echo tests/test_backends.py tests/test_golden_complexity.py ;;
+    *) echo tests/test_backends.py tests/test_golden_complexity.py tests/test_training.py tests/test_heads.py tests/test_early_exit.py \
             tests/test_refinery.py tests/test_recipe.py ;;
   esac
 }

@@ -46,7 +46,7 @@ def _child(limit: int, image_size: int) -> dict:
     rss_start = proc.memory_info().rss
     import tensorflow as tf  # noqa: F401
 
-    from elastic_lib.data.arrays import make_pipeline
+    from elastic_lib.data.pipeline import make_pipeline
     from elastic_lib.models.backbones import preprocess_input
 
     from .common import load_images  # imports TensorFlow via elastic_lib

@@ -30,7 +30,7 @@ def _fixed_batch(x, y, preprocess, n_outputs):
     """One preprocessed batch from elastic_lib's own pipeline, repeated forever."""
     import tensorflow as tf
 
-    from elastic_lib.data.arrays import make_pipeline
+    from elastic_lib.data.pipeline import make_pipeline
 
     xb, ys = next(iter(make_pipeline(x[:BATCH], y[:BATCH], IMAGE_SIZE, preprocess, BATCH, n_outputs)))
     return tf.data.Dataset.from_tensors((xb, ys)).repeat()

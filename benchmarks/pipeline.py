@@ -1,6 +1,6 @@
 """Figure 2: input-pipeline headroom.
 
-Images/s of ``elastic_lib.data.arrays.make_pipeline`` alone (batch 32, resize from 32x32 to the model
+Images/s of ``elastic_lib.data.pipeline.make_pipeline`` alone (batch 32, resize from 32x32 to the model
 size, MobileNet ``preprocess_input``, labels repeated once per output; iterated from Python,
 nothing consumes the batches) over the images/s that the elastic MobileNet-0.75 consumes in
 training (``compile_model``, fit on one fixed in-memory batch, steady-state step time). The
@@ -23,7 +23,7 @@ NUM_CLASSES = 10
 def pipeline_images_per_s(x, y, image_size: int, n_outputs: int, repeats: int) -> list[float]:
     """Images/s of whole passes over (x, y) through make_pipeline, after one warm-up pass
     over a few batches (tf.data autotuning, first-call costs)."""
-    from elastic_lib.data.arrays import make_pipeline
+    from elastic_lib.data.pipeline import make_pipeline
     from elastic_lib.models.backbones import preprocess_input
 
     pre = preprocess_input(BACKBONE)
@@ -46,7 +46,7 @@ def model_images_per_s(x, y, image_size: int, steps: int, repeats: int) -> tuple
     import tensorflow as tf
 
     from elastic_lib.control.config import RunConfig
-    from elastic_lib.data.arrays import make_pipeline
+    from elastic_lib.data.pipeline import make_pipeline
     from elastic_lib.models.backbones import preprocess_input
     from elastic_lib.models.exits import build_elastic_model
     from elastic_lib.train.training import compile_model

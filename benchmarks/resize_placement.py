@@ -26,8 +26,7 @@ def _trainer(x, y, image_size: int, in_model: bool, steps: int):
     import keras
 
     from elastic_lib.control.config import RunConfig
-    from elastic_lib.data.arrays import EpochPlan
-    from elastic_lib.data.pipeline import make_input
+    from elastic_lib.data.pipeline import EpochPlan, make_input
     from elastic_lib.models.backbones import preprocess_input
     from elastic_lib.models.exits import build_elastic_model
     from elastic_lib.train.training import compile_model

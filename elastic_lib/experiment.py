@@ -23,8 +23,8 @@ from elastic_lib import runtime
 from elastic_lib.analysis import metrics, protocols
 from elastic_lib.control import backend, environment, provenance, results
 from elastic_lib.control.config import RunConfig
-from elastic_lib.data.arrays import EpochPlan, augment_pad, load_dataset, num_batches
-from elastic_lib.data.pipeline import first_images, make_input
+from elastic_lib.data.arrays import load_dataset
+from elastic_lib.data.pipeline import EpochPlan, augment_pad, first_images, make_input, num_batches
 from elastic_lib.early_exit import staged as early_exit
 from elastic_lib.models import complexity
 from elastic_lib.models.backbones import preprocess_input
@@ -192,7 +192,7 @@ class Experiment:
         return preprocess_input("inception_v3" if self.cfg.preprocess == "inception" else self.cfg.backbone)
 
     def pipeline(self, split: str, shuffle: bool = False, phase: int = 1, first_epoch: int = 0, epochs: int = 1):
-        """The input of ``split`` (``input_pipeline``: tf.data or ``loader.ArrayBatches``, the same
+        """The input of ``split`` (``input_pipeline``: tf.data or ``pipeline.ArrayBatches``, the same
         batches): unshuffled by default; shuffled (and augmented, with ``augment``) in the order of
         ``EpochPlan(seed, phase)`` for epochs ``first_epoch ..``, as one stream."""
         self._require("pipeline", "splits", "model")

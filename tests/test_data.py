@@ -15,7 +15,8 @@ import pytest
 from conftest import CIFAR_ARCHIVES
 from elastic_lib.control.datasets import DatasetError
 from elastic_lib.data import arrays as D
-from elastic_lib.data.arrays import EpochPlan, load_cifar_arrays, load_dataset, make_pipeline
+from elastic_lib.data.arrays import load_cifar_arrays, load_dataset
+from elastic_lib.data.pipeline import EpochPlan, make_pipeline
 from elastic_lib.models.backbones import preprocess_input
 
 CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]

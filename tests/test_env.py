@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 
 from elastic_lib.control.config import RunConfig
@@ -37,28 +38,51 @@ def test_requirements_and_environment_yml_pin_the_same_versions():
         assert package in req, f"{package} is on the design card but not pinned"
 
 
-def test_notebook_parameters_cell_is_generated_from_runconfig():
-    """RunConfig is the one place for parameters and defaults: the notebook's cell is its output
-    (regenerate with `python -m elastic_lib.control.config --write-notebook`)."""
-    from elastic_lib.control.notebook_cells import notebook_parameters_source, parameters_cell_source
+def test_every_template_parameters_cell_is_generated_from_its_dataclass():
+    """RunConfig, AggregateConfig and PruningConfig are the one place for the notebooks' parameters
+    and defaults: each template's cell is their output (``python -m elastic_lib.control.notebook_cells
+    --write``), and the check says which is stale."""
+    from elastic_lib.control import notebook_cells
 
-    assert notebook_parameters_source() == parameters_cell_source(), (
-        "notebooks/elastic_experiment.ipynb is stale: run python -m elastic_lib.control.config --write-notebook"
-    )
+    assert notebook_cells.stale_notebooks() == []
+    assert notebook_cells.main([]) == 0
 
 
-def test_notebook_parameters_cell_declares_every_runconfig_field():
+@pytest.mark.parametrize(
+    "path", ["notebooks/elastic_experiment.ipynb", "notebooks/aggregate.ipynb", "notebooks/channel_pruning.ipynb"]
+)
+def test_notebook_parameters_cell_declares_every_field(path):
     import papermill
 
-    declared = papermill.inspect_notebook(str(ROOT / "notebooks" / "elastic_experiment.ipynb"))
-    fields = {f.name: f for f in dataclasses.fields(RunConfig)}
+    from elastic_lib.control.notebook_cells import SCHEMAS
+
+    schema = SCHEMAS[path]
+    declared = papermill.inspect_notebook(str(ROOT / path))
+    fields = {f.name: f for f in dataclasses.fields(schema)}
     assert set(declared) == set(fields)
     # papermill reads the same defaults and types back, and they form a valid configuration
     params = {name: eval(p["default"]) for name, p in declared.items()}
-    assert RunConfig.from_dict(params) == RunConfig()
+    assert schema(**params) == schema()
     for name, p in declared.items():
         assert p["inferred_type_name"] == fields[name].type, name
         assert p["help"] == fields[name].metadata["doc"], name
+
+
+def test_a_stale_cell_is_found(tmp_path, monkeypatch):
+    from elastic_lib.control import notebook_cells
+
+    nb = tmp_path / "notebooks" / "aggregate.ipynb"
+    nb.parent.mkdir()
+    nb.write_text(
+        (ROOT / "notebooks" / "aggregate.ipynb")
+        .read_text()
+        .replace(r"profile: str = \"smoke\"", r"profile: str = \"tiny\"", 1)
+    )
+    monkeypatch.setattr(notebook_cells, "ROOT", str(tmp_path))
+    monkeypatch.setattr(notebook_cells, "SCHEMAS", {"notebooks/aggregate.ipynb": notebook_cells.AggregateConfig})
+    assert notebook_cells.stale_notebooks() == ["notebooks/aggregate.ipynb"]
+    assert notebook_cells.write_notebook_parameters("notebooks/aggregate.ipynb")
+    assert notebook_cells.stale_notebooks() == []
 
 
 def test_experiment_params_leave_the_plumbing_out():

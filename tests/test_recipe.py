@@ -14,7 +14,8 @@ from elastic_lib.analysis import protocols
 from elastic_lib.control.config import RunConfig
 from elastic_lib.control.paths import ROOT
 from elastic_lib.control.profiles import load_profile
-from elastic_lib.data.arrays import load_dataset, make_pipeline
+from elastic_lib.data.arrays import load_dataset
+from elastic_lib.data.pipeline import make_pipeline
 from elastic_lib.models.backbones import preprocess_input
 from elastic_lib.models.exits import build_elastic_model
 from elastic_lib.runtime import set_determinism

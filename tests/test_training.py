@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 
 from elastic_lib.control.config import RunConfig
-from elastic_lib.data.arrays import EpochPlan, load_dataset, num_batches
-from elastic_lib.data.pipeline import make_input
+from elastic_lib.data.arrays import load_dataset
+from elastic_lib.data.pipeline import EpochPlan, make_input, num_batches
 from elastic_lib.models.backbones import preprocess_input
 from elastic_lib.models.exits import build_elastic_model, short_output_names
 from elastic_lib.runtime import set_determinism

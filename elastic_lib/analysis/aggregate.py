@@ -374,12 +374,12 @@ def stale_caption(profile_dir: str, profile: str | None = None) -> str:
 
 
 def machine_caption(profile_dir: str) -> str:
-    """Which machine(s) made the numbers; trained numbers move across CPUs (README, Reproducibility)."""
+    """Which machine(s) made the numbers; trained numbers move across CPUs (docs/reproducibility.md)."""
     names = results.machines(profile_dir)
     return (
         f"Trained on: {'; '.join(names)}. Trained numbers are bit-identical only on the same machine "
         "(same oneDNN ISA, threads, seed); across CPUs they move within the measured tolerances of "
-        "`results/smoke/reproducibility/tolerances.csv` (README, Reproducibility).\n"
+        "`results/smoke/reproducibility/tolerances.csv` (docs/reproducibility.md).\n"
     )
 
 

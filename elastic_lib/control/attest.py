@@ -124,6 +124,20 @@ def _same_but_timings(a: str, b: str) -> bool:
     return bool(drop) and fa.drop(columns=drop, errors="ignore").equals(fb.drop(columns=drop, errors="ignore"))
 
 
+def _with_teacher(params: dict, tree: str, out_dir: str) -> dict:
+    """A refinery run learns from a teacher run's model, whose weights are not committed: the
+    teacher is replayed first, shortened the same way and on the same code, and the replay of the
+    run learns from that replay."""
+    teacher = params.get("refinery_run")
+    if not teacher:
+        return params
+    teacher_dir = teacher if os.path.isabs(teacher) else os.path.join(ROOT, teacher)
+    teacher_out = out_dir + "-teacher"
+    if not results.is_done(teacher_out):
+        _replay(tree, replay_params(teacher_dir), teacher_out)
+    return {**params, "refinery_run": teacher_out}
+
+
 def compare(old_dir: str, new_dir: str) -> tuple[list[str], list[str]]:
     """(files compared and equal, differences) between two replays of a run."""
     names = sorted(set(os.listdir(old_dir)) | set(os.listdir(new_dir)))
@@ -139,6 +153,9 @@ def compare(old_dir: str, new_dir: str) -> tuple[list[str], list[str]]:
         else:
             same.append(name)
     pa, pb = results.read_params_yaml(old_dir), results.read_params_yaml(new_dir)
+    for doc, own in ((pa, old_dir), (pb, new_dir)):  # each replay learnt from its own teacher replay
+        if doc.get("parameters", {}).get("refinery_run") == own + "-teacher":
+            doc["parameters"]["refinery_run"] = "<the teacher's replay>"
     for key in ("parameters", "determinism"):
         if pa.get(key) != pb.get(key):
             diff.append(f"params.yaml {key}: differs")
@@ -193,8 +210,9 @@ def attest(run_dir: str, rev: str, old_tree: str, scratch: str) -> str:
     params = replay_params(run_dir)
     key = run_dir.strip(os.sep).replace(os.sep, "_")
     old_out, new_out = os.path.join(scratch, key, "old"), os.path.join(scratch, key, "new")
-    _replay(old_tree, params, old_out)
-    _replay(ROOT, params, new_out)
+    for tree, out in ((old_tree, old_out), (ROOT, new_out)):
+        if not results.is_done(out):  # a replay kept (--keep) by an interrupted attestation counts
+            _replay(tree, _with_teacher(params, tree, out), out)
     same, diff = compare(old_out, new_out)
     if diff:
         raise AttestError(f"{name}: the replays differ: {'; '.join(diff)}")

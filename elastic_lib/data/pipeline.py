@@ -1,4 +1,8 @@
-"""The backend-neutral input path: NumPy batches in a ``keras.utils.PyDataset``.
+"""Both input paths, fed from the same epoch plan: ``tf.data`` (TensorFlow's fast path,
+``make_pipeline``) and NumPy batches in a ``keras.utils.PyDataset`` (every backend,
+``ArrayBatches``); ``make_input`` picks one.
+
+The PyDataset path:
 
 Why ``PyDataset``: it is Keras' own loader, so ``fit``, ``evaluate`` and ``predict`` take it on
 every backend (TensorFlow, JAX, PyTorch) with no extra dependency, and its batches are plain
@@ -11,11 +15,103 @@ augmentation and the backbone's ``preprocess_input`` on the host. Which path a r
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import keras
 import numpy as np
 
 from elastic_lib.control.config import INPUT_PIPELINES as PIPELINES
-from elastic_lib.data.arrays import EpochPlan, num_batches
+
+
+# ---------------------------------------------------------------- epoch order (both input paths)
+@dataclass(frozen=True)
+class EpochPlan:
+    """What every training step sees, as a pure function of (seed, phase, epoch): epoch ``e`` of
+    phase ``phase`` visits the images in the order of ``numpy.random.default_rng([seed, phase, e])
+    .permutation(n)`` (the identity when ``shuffle`` is off) and, with augmentation (``pad`` > 0),
+    flips each image with probability 1/2 and translates it by up to ``pad`` pixels, drawn from the
+    same generator. Both input paths (``tf.data`` and the backend-neutral ``ArrayBatches``) read their
+    order from here, so they agree batch for batch, and a resumed run sees the order an
+    uninterrupted one would have seen (``tf.data``'s own shuffle can be matched by neither)."""
+
+    n: int
+    seed: int = 0
+    phase: int = 1
+    shuffle: bool = True
+    pad: int = 0
+
+    def rows(self, epoch: int) -> np.ndarray:
+        """(n, 4) int64: per position of the epoch, the image index, flip (0/1), dy and dx."""
+        rng = np.random.default_rng([int(self.seed), int(self.phase), int(epoch)])
+        out = np.zeros((self.n, 4), dtype=np.int64)
+        out[:, 0] = rng.permutation(self.n) if self.shuffle else np.arange(self.n)
+        if self.pad:
+            out[:, 1] = rng.random(self.n) < 0.5
+            out[:, 2:] = rng.integers(0, 2 * self.pad + 1, size=(self.n, 2))
+        return out
+
+    @property
+    def varies(self) -> bool:
+        """Whether epochs differ from one another (shuffled or augmented)."""
+        return self.shuffle or self.pad > 0
+
+
+def augment_pad(image_size: int) -> int:
+    """Translation range of the augmentation: 1/8 of the image side (at least one pixel)."""
+    return max(1, image_size // 8)
+
+
+def num_batches(n: int, batch_size: int) -> int:
+    return -(-n // batch_size)
+
+
+# ---------------------------------------------------------------- tf.data (the TensorFlow fast path)
+def make_pipeline(
+    x: np.ndarray,
+    y: np.ndarray,
+    image_size: int,
+    preprocess,
+    batch_size: int,
+    num_outputs: int = 1,
+    plan: EpochPlan | None = None,
+    epochs: int = 1,
+    first_epoch: int = 0,
+):
+    """Batches of (preprocessed images at image_size, labels repeated once per model output) for
+    epochs ``first_epoch .. first_epoch + epochs - 1`` of ``plan`` (default: unshuffled, one epoch,
+    which Keras iterates again every epoch). Each epoch is batched on its own (a last, smaller
+    batch when ``batch_size`` does not divide n); ``fit`` takes a multi-epoch stream with
+    ``steps_per_epoch=num_batches(n, batch_size)``. Resizing, augmentation (``plan.pad``: flip,
+    then translate by (dy, dx) - pad with zero padding) and preprocessing run vectorised per batch.
+    TensorFlow only: ``ArrayBatches`` is the same stream for every backend."""
+    from elastic_lib.control.backend import require_tensorflow
+
+    require_tensorflow("the tf.data input pipeline")
+    import tensorflow as tf
+
+    plan = plan or EpochPlan(len(x), shuffle=False)
+    n, pad = len(x), plan.pad
+    xt, yt = tf.constant(x), tf.constant(y)
+
+    def epoch_rows(e):
+        if not plan.varies:
+            return tf.data.Dataset.from_tensor_slices(plan.rows(0)).batch(batch_size)
+        rows = tf.numpy_function(lambda k: plan.rows(int(k)), [e], tf.int64, stateful=False)
+        return tf.data.Dataset.from_tensor_slices(tf.ensure_shape(rows, [n, 4])).batch(batch_size)
+
+    def prep(rows):
+        xb = tf.image.resize(tf.cast(tf.gather(xt, rows[:, 0]), tf.float32), (image_size, image_size))
+        if pad:
+            xb = tf.where(tf.cast(rows[:, 1], tf.bool)[:, None, None, None], tf.reverse(xb, axis=[2]), xb)
+            xb = tf.pad(xb, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
+            span = tf.range(image_size, dtype=tf.int64)
+            xb = tf.gather(xb, rows[:, 2:3] + span[None], axis=1, batch_dims=1)
+            xb = tf.gather(xb, rows[:, 3:4] + span[None], axis=2, batch_dims=1)
+        return preprocess(xb), tuple([tf.gather(yt, rows[:, 0])] * num_outputs)
+
+    ds = tf.data.Dataset.range(first_epoch, first_epoch + epochs).flat_map(epoch_rows)
+    ds = ds.apply(tf.data.experimental.assert_cardinality(epochs * num_batches(n, batch_size)))
+    return ds.map(prep, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
 
 
 def resize(x: np.ndarray, image_size: int) -> np.ndarray:
@@ -105,7 +201,7 @@ def make_input(
     """The input stream of ``kind`` (``PIPELINES``); same arguments as ``data.make_pipeline``."""
     args = (x, y, image_size, preprocess, batch_size, num_outputs, plan, epochs, first_epoch)
     if resolve(kind) == "tf_data":
-        from elastic_lib.data.arrays import make_pipeline
+        from elastic_lib.data.pipeline import make_pipeline
 
         return make_pipeline(*args)
     return ArrayBatches(*args)

@@ -4,7 +4,7 @@ whose signature takes images and a threshold, and every exit as a TensorFlow Lit
 ``batched_early_exit(staged, x, threshold)``: at each stage the images whose confidence passes the
 threshold are written to the result (``tf.tensor_scatter_nd_update``) and removed from the batch
 (``tf.boolean_mask``), so later segments run on the images still undecided only. The decisions
-are the per-image policy's (``early_exit.dynamic_exit``): the first exit whose confidence passes,
+are the per-image policy's (``early_exit.staged.dynamic_exit``): the first exit whose confidence passes,
 the final output otherwise.
 
 ``export(model, path, criterion)`` writes a SavedModel (Keras' ``ExportArchive``) with one

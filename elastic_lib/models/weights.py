@@ -6,7 +6,7 @@ folder, point runs at it.
 
 ``download`` builds each backbone's no-top model with ``weights="imagenet"`` (Keras downloads the
 file into its cache) and saves its weights as ``<dir>/<backbone>_imagenet_notop.weights.h5``
-(``backbones.weights_file``), with ``MANIFEST.csv`` (file, bytes, sha256). A no-top convolutional
+(``control.registry.weights_file``), with ``MANIFEST.csv`` (file, bytes, sha256). A no-top convolutional
 backbone's weights do not depend on the input size, so one file serves every ``image_size``. A run
 with ``weights: imagenet`` and a ``weights_dir`` loads that file and never touches the network;
 a missing file is a clear error naming this command.

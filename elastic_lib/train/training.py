@@ -375,7 +375,7 @@ def fit_two_phase(
 
     train_ds: a dataset Keras iterates every epoch, or (what experiments pass) a callable
     ``(phase, first_epoch, epochs) -> (stream, steps_per_epoch)`` giving that phase's epochs as one
-    stream (``loader.make_input`` with a ``data.EpochPlan``): its order is then a function of the
+    stream (``pipeline.make_input`` with a ``pipeline.EpochPlan``): its order is then a function of the
     seed, phase and epoch alone, on every backend and across a resume.
     state_dir: checkpoint every epoch there and resume from it (a finished phase is kept as
     ``phaseN.weights.h5`` + ``phaseN_history.csv`` and not redone). test_ds: the paper
