@@ -72,3 +72,89 @@ venv_for() {
 use_active_env() {
   [ -n "${CONDA_PREFIX:-}" ] && { [ "${CONDA_DEFAULT_ENV:-}" = elastic ] || [ "${ELASTIC_USE_ACTIVE_ENV:-0}" = 1 ]; }
 }
+
+# ---------------------------------------------------------------- ELASTIC_PYTHON: a box that has a backend
+# (scripts/env.sh; docs/backends-and-gpus.md#setting-up-on-a-box-that-has-a-backend-offline)
+
+# The interpreter ELASTIC_PYTHON names, as an absolute path (not resolved: a venv's python is a link):
+# `active` is python3 on PATH.
+box_python() {
+  local want="${ELASTIC_PYTHON:-}" py
+  [ "$want" = active ] && want=python3
+  case "$want" in
+    */*) py="$want" ;;
+    *) py="$(command -v "$want" 2>/dev/null || true)" ;;
+  esac
+  if [ -z "$py" ] || [ ! -x "$py" ] || [ -d "$py" ]; then
+    echo "ELASTIC_PYTHON=$ELASTIC_PYTHON: no such interpreter (a path to a python, or \`active\` for python3 on PATH)" >&2
+    return 2
+  fi
+  case "$py" in /*) ;; *) py="$(cd "$(dirname "$py")" && pwd)/$(basename "$py")" ;; esac
+  echo "$py"
+}
+
+# The first of jax, torch, tensorflow that imports in interpreter $1.
+box_backend() {
+  "$1" - 2>/dev/null <<'PY' || { echo "no Keras backend (jax, torch, tensorflow) imports in $1: install one there or set ELASTIC_BACKEND" >&2; return 2; }
+import importlib, sys
+for name in ("jax", "torch", "tensorflow"):
+    try:
+        importlib.import_module(name)
+    except Exception:
+        continue
+    print(name)
+    sys.exit(0)
+sys.exit(1)
+PY
+}
+
+# Venv $2 on interpreter $1 with --system-site-packages (made without pip, offline; reused while $1
+# is the same): it sees what $1 sees (also the site folders of $1 that a venv on it would not, when
+# $1 is itself a venv or has a user site) and this checkout ($3) on sys.path; installs go into it.
+box_venv() {
+  local base="$1" venv="$2" root="$3" sp
+  if [ -x "$venv/bin/python" ] && [ "$(cat "$venv/.elastic-base" 2>/dev/null)" = "$base" ]; then return 0; fi
+  if [ -e "$venv" ]; then echo "[env] $venv was made from another interpreter: making it again from $base" >&2; fi
+  rm -rf "$venv"
+  "$base" -m venv --without-pip --system-site-packages "$venv" >&2 || {
+    echo "[env] $base -m venv could not make $venv (Debian/Ubuntu: apt install python3-venv)" >&2; return 2; }
+  sp="$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')"
+  "$base" - "$root" > "$sp/_elastic_box.pth" <<'PY'
+import os, site, sys
+std = set(site.getsitepackages([sys.base_prefix]))
+extra = [p for p in sys.path if p.endswith(("site-packages", "dist-packages")) and p not in std and os.path.isdir(p)]
+print(sys.argv[1])
+if extra:
+    print(f"import site; list(map(site.addsitedir, {extra!r}))")
+PY
+  echo "$base" > "$venv/.elastic-base"
+}
+
+# Runs a pip command, or only prints it when ELASTIC_SETUP_DRY_RUN=1.
+box_pip() {
+  if [ "${ELASTIC_SETUP_DRY_RUN:-0}" = 1 ]; then echo "[env] dry run: $*" >&2; return 0; fi
+  "$@"
+}
+
+# Installs requirements $2... into the venv of python $1: offline from ELASTIC_WHEELS (--no-index)
+# when it is set, else from pip's index; says what to do when that fails.
+box_install() {
+  local py="$1"; shift
+  local src=() where="pip's package index"
+  if [ -n "${ELASTIC_WHEELS:-}" ]; then
+    [ -d "$ELASTIC_WHEELS" ] || { echo "[env] ELASTIC_WHEELS=$ELASTIC_WHEELS is not a folder" >&2; return 2; }
+    src=(--no-index --find-links "$(cd "$ELASTIC_WHEELS" && pwd)")
+    where="the wheels in ELASTIC_WHEELS=$ELASTIC_WHEELS (offline)"
+  fi
+  echo "[env] installing $* from $where" >&2
+  if [ "${ELASTIC_SETUP_DRY_RUN:-0}" != 1 ] && ! "$py" -m pip --version >/dev/null 2>&1; then
+    "$py" -m ensurepip --default-pip >&2 || true
+  fi
+  box_pip "$py" -m pip install -q --disable-pip-version-check ${src[@]+"${src[@]}"} "$@" >&2 && return 0
+  if [ -n "${ELASTIC_WHEELS:-}" ]; then
+    echo "[env] could not install $* from ELASTIC_WHEELS=$ELASTIC_WHEELS: put wheels for them (and for whatever they need that is not installed) in that folder; on a machine with internet: scripts/wheels.sh DIR --python-version $("$py" -c 'import sys; print("%d.%d" % sys.version_info[:2])') $*" >&2
+  else
+    echo "[env] could not install $* from pip's index. Offline? Put wheels for them in a folder (on a machine with internet: scripts/wheels.sh DIR) and set ELASTIC_WHEELS=DIR" >&2
+  fi
+  return 2
+}
