@@ -22,7 +22,7 @@ import pandas as pd
 from elastic_lib import runtime
 from elastic_lib.analysis import metrics, protocols
 from elastic_lib.control import backend, environment, provenance, results
-from elastic_lib.control.config import RunConfig
+from elastic_lib.control.config import ConfigError, RunConfig
 from elastic_lib.data.arrays import load_dataset
 from elastic_lib.data.pipeline import EpochPlan, augment_pad, first_images, make_input, num_batches
 from elastic_lib.early_exit import staged as early_exit
@@ -90,13 +90,14 @@ class Experiment:
         self.code = provenance.code_hashes()  # the code this run starts with (its fingerprint, resume stamp)
         results.clear_run(self.run_dir)
         self._keep_or_drop_resume_state()
-        self.determinism = set_determinism(self.cfg.seed)
+        self.determinism = set_determinism(self.cfg.seed, self.cfg.determinism)
+        float32 = runtime.set_float32_matmul(self.cfg.allow_tf32)
         results.write_params(
             self.run_dir,
             self.cfg.experiment_params(),
             plumbing=self.cfg.plumbing(),
             determinism=self.determinism,
-            environment=environment.record(runtime.backend_details()),
+            environment=environment.record({**runtime.backend_details(), **float32}),
         )
         return self.run_dir
 
@@ -137,17 +138,32 @@ class Experiment:
         return "\n".join(lines)
 
     def strategy(self):
-        """The tf.distribute strategy, created once (Keras refuses to mix strategy objects); None on
-        another backend (where ``strategy='mirrored'`` is refused by ``RunConfig.validate``)."""
-        if backend.name() != "tensorflow":
-            return None
-        import tensorflow as tf
+        """How training spreads over devices, set up once. ``data_parallel`` (and its old name
+        ``mirrored``): on TensorFlow a ``tf.distribute.MirroredStrategy`` (returned: its scope builds
+        and trains the model); on JAX ``keras.distribution.DataParallel`` over every device, set
+        globally (None returned). Each step's ``batch_size`` images are split across the devices, so
+        the recipe (global batch, learning rate) is the single-device one; the batch must divide
+        evenly. ``default``: the backend's default device."""
+        if self._strategy is not None:
+            return self._strategy if backend.name() == "tensorflow" else None
+        parallel = self.cfg.strategy in ("data_parallel", "mirrored")
+        if backend.name() == "tensorflow":
+            import tensorflow as tf
 
-        if self._strategy is None:
-            self._strategy = (
-                tf.distribute.MirroredStrategy() if self.cfg.strategy == "mirrored" else tf.distribute.get_strategy()
-            )
-        return self._strategy
+            self._strategy = tf.distribute.MirroredStrategy() if parallel else tf.distribute.get_strategy()
+            return self._strategy
+        if parallel and backend.name() == "jax":
+            import keras
+
+            devices = keras.distribution.list_devices()
+            if self.cfg.batch_size % len(devices):
+                raise ConfigError(
+                    f"strategy='data_parallel' over {len(devices)} devices needs batch_size divisible by "
+                    f"{len(devices)} (got {self.cfg.batch_size})"
+                )
+            self._strategy = keras.distribution.DataParallel(devices=devices)
+            keras.distribution.set_distribution(self._strategy)
+        return None
 
     def load_data(self):
         c = self.cfg
@@ -213,6 +229,7 @@ class Experiment:
             plan,
             epochs,
             first_epoch,
+            workers=c.loader_workers,
         )
 
     def train_input(self, phase: int, first_epoch: int, epochs: int):
@@ -262,6 +279,7 @@ class Experiment:
             state_dir=self.state_dir,
             test_ds=self.pipeline("test"),
             progress=os.path.join(self.run_dir, PROGRESS),
+            test_labels=self.splits.y_test,
         )
         self.timings["train_s"] = time.perf_counter() - t0
         tmp = os.path.join(self.run_dir, ".tmp_model.weights.h5")
@@ -281,9 +299,9 @@ class Experiment:
         """Every output on the test split (and top-1 on validation, for model selection)."""
         self._require("evaluate", "splits", "model", "costs")
         exits_df, self.per_class, self.confusion, self.test_probs, self.y_test = metrics.evaluate(
-            self.model, self.pipeline("test"), self.splits.class_names
+            self.model, self.pipeline("test"), self.splits.class_names, self.splits.y_test
         )
-        self.val_probs, self.y_val = metrics.predict_outputs(self.model, self.pipeline("val"))
+        self.val_probs, self.y_val = metrics.predict_outputs(self.model, self.pipeline("val"), self.splits.y_val)
         exits_df.insert(1, "tap_layer", exit_taps(self.model))
         exits_df["val_top1_err_pct"] = [100 * (1 - (p.argmax(1) == self.y_val).mean()) for p in self.val_probs]
         if self.history is not None:  # paper protocol, per output: min over phase-2 epochs of the test error

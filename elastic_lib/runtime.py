@@ -6,18 +6,21 @@ a compiled forward pass for latency. The compute plane's lowest module (it impor
 from __future__ import annotations
 
 import importlib.metadata
+import inspect
 import os
 import random
 import sys
 
-from elastic_lib.control import backend
+from elastic_lib.control import backend, environment
 
 
-def set_determinism(seed: int) -> dict:
-    """Seed Python, NumPy and the Keras backend, turn on TensorFlow op determinism; return the
-    settings as they are now, for params.yaml. Called where a run starts (Experiment.setup)."""
+def set_determinism(seed: int, mode: str = "strict") -> dict:
+    """Seed Python, NumPy and the Keras backend and switch the backend's determinism for ``mode``
+    (``elastic_lib.control.environment.plan_determinism``: strict | auto | off); return the settings
+    as they are now, for params.yaml. Called where a run starts (Experiment.setup)."""
     import keras
 
+    plan = environment.determinism_plan(mode)
     random.seed(seed)
     keras.utils.set_random_seed(seed)  # Python, NumPy and backend seeds
     settings = {
@@ -25,19 +28,122 @@ def set_determinism(seed: int) -> dict:
         "keras_backend": keras.backend.backend(),
         "pythonhashseed": os.environ.get("PYTHONHASHSEED", ""),
     }
+    strict = plan["strict_kernels"]
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
 
-        tf.config.experimental.enable_op_determinism()
-        settings["tf_op_determinism"] = True
+        if strict:
+            tf.config.experimental.enable_op_determinism()
+        settings["tf_op_determinism"] = strict
+        if not strict and mode == "auto":  # cuDNN's deterministic convolution and pooling algorithms
+            os.environ["TF_CUDNN_DETERMINISTIC"] = "1"
+            settings["tf_cudnn_deterministic"] = True
     elif keras.backend.backend() == "torch":
         import torch
 
-        torch.use_deterministic_algorithms(True)
-        settings["torch_deterministic_algorithms"] = True
+        if mode != "off":
+            torch.use_deterministic_algorithms(True, warn_only=not strict)
+        settings["torch_deterministic_algorithms"] = True if strict else ("warn_only" if mode == "auto" else False)
     else:  # JAX: XLA on CPU is deterministic; on GPU the flag set by setup_environment() makes it so
         settings["xla_flags"] = os.environ.get("XLA_FLAGS", "")
+    if plan["nondeterministic_ops"]:
+        settings["nondeterministic_ops"] = plan["nondeterministic_ops"]
     return settings
+
+
+def set_float32_matmul(allow_tf32: bool) -> dict:
+    """float32 matmuls and convolutions as true float32, or TF32 where ``allow_tf32`` (Ampere and
+    newer NVIDIA GPUs; JAX and TensorFlow use TF32 there by default). CPUs compute float32 as
+    float32 either way. Returns what params.yaml's machine record keeps."""
+    current = backend.name()
+    if current == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_tensor_float_32_execution(allow_tf32)
+    elif current == "torch":
+        import torch
+
+        torch.backends.cuda.matmul.allow_tf32 = allow_tf32
+        torch.backends.cudnn.allow_tf32 = allow_tf32
+    else:
+        import jax
+
+        if any(d.platform == "gpu" for d in jax.devices()):  # on CPU the setting is left alone
+            jax.config.update("jax_default_matmul_precision", "tensorfloat32" if allow_tf32 else "highest")
+    return {"float32_matmul": "TF32 allowed" if allow_tf32 else "float32"}
+
+
+def probe_determinism() -> list[str]:
+    """Which of ``environment.PROBE_OPS`` fail or differ between two runs under the backend's
+    strict determinism switches, on the first device (run in a fresh process by
+    ``environment.nondeterministic_ops``, with the switches set)."""
+    import keras
+    import numpy as np
+
+    keras.utils.set_random_seed(0)
+    if backend.name() == "tensorflow":  # the strict switches (JAX's XLA flag is set by the caller)
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+    elif backend.name() == "torch":
+        import torch
+
+        torch.use_deterministic_algorithms(True)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((16, 32, 32, 8)).astype("float32")
+    layers = {
+        "conv_grad": keras.layers.Conv2D(8, 3, padding="same"),
+        "max_pool_grad": keras.layers.MaxPooling2D(3, 2, padding="same"),
+        "avg_pool_grad": keras.layers.AveragePooling2D(3, 2, padding="same"),
+        "bilinear_resize_grad": keras.layers.Resizing(64, 64, interpolation="bilinear"),
+        "batch_norm_grad": keras.layers.BatchNormalization(),
+        "reductions": keras.layers.GlobalAveragePooling2D(),
+    }
+    failing = []
+    for name, layer in layers.items():
+        try:
+            first, second = (input_gradient(layer, x) for _ in range(2))
+            if not np.array_equal(first, second):
+                failing.append(name)
+        except Exception:
+            failing.append(name)
+    return failing
+
+
+def input_gradient(layer, x):
+    """d sum(layer(x)^2) / dx with the backend's own autodiff, as NumPy."""
+    import numpy as np
+
+    current = backend.name()
+    if current == "tensorflow":
+        import tensorflow as tf
+
+        xt = tf.constant(x)
+        with tf.GradientTape() as tape:
+            tape.watch(xt)
+            loss = tf.reduce_sum(tf.square(layer(xt, training=True)))
+        return tape.gradient(loss, xt).numpy()
+    if current == "torch":
+        import torch
+
+        xt = torch.tensor(x, requires_grad=True, device="cuda" if torch.cuda.is_available() else "cpu")
+        (layer(xt, training=True) ** 2).sum().backward()
+        return xt.grad.detach().cpu().numpy()
+    import jax
+
+    if not layer.built:
+        layer.build(x.shape)
+    weights = [v.value for v in layer.trainable_variables]
+    frozen = [v.value for v in layer.non_trainable_variables]
+
+    # stateless_call hands ``training`` to ``call`` as it is: only to layers whose call takes it
+    kwargs = {"training": True} if "training" in inspect.signature(layer.call).parameters else {}
+
+    def loss(xx):
+        out = layer.stateless_call(weights, frozen, xx, **kwargs)[0]
+        return (out**2).sum()
+
+    return np.asarray(jax.grad(loss)(jax.numpy.asarray(x)))
 
 
 def compiled_forward(model):

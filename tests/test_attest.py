@@ -56,6 +56,32 @@ def test_each_replay_may_learn_from_its_own_teacher_replay(tmp_path):
     assert "params.yaml parameters: differs" in attest.compare(str(a), str(c))[1]
 
 
+def test_a_kept_replay_is_used_again_only_under_the_runs_hashseed_and_the_current_code(tmp_path):
+    """--keep lets an interrupted attestation go on; a replay kept from a shell with another
+    PYTHONHASHSEED (recorded in params.yaml: a difference compare() would report), one that was
+    itself interrupted and resumed, or one made on the checkout before its code changed again, is
+    redone."""
+    from elastic_lib.control import provenance
+
+    code = provenance.code_hashes(["runtime"])  # what a run records: its units as "deep shallow" hashes
+    run = _write_run(tmp_path / "run", "x\n", {"determinism": {"pythonhashseed": "0"}})
+    same = _write_run(tmp_path / "same", "x\n", {"determinism": {"pythonhashseed": "0"}, "fingerprint": code})
+    unset = _write_run(tmp_path / "unset", "x\n", {"determinism": {"pythonhashseed": ""}, "fingerprint": code})
+    older = {"code": {**code["code"], "runtime:set_determinism": f"{'0' * 16} {'0' * 16}"}}
+    before = _write_run(
+        tmp_path / "before", "x\n", {"determinism": {"pythonhashseed": "0"}, "fingerprint": {**code, **older}}
+    )
+    assert attest.reusable(str(same), str(run), checkout=True)
+    assert not attest.reusable(str(unset), str(run), checkout=True)
+    assert not attest.reusable(str(unset), str(run), checkout=False)
+    assert not attest.reusable(str(before), str(run), checkout=True)
+    assert attest.reusable(str(before), str(run), checkout=False)  # the base's side: its code does not move
+    (same / "summary.csv").write_text('output,resumed_from\nfinal,"phase1, phase2 finished"\n')
+    assert not attest.reusable(str(same), str(run), checkout=True)  # finished by resuming: redone
+    (same / "summary.csv").write_text("output,resumed_from\nfinal,\n")
+    assert attest.reusable(str(same), str(run), checkout=True)
+
+
 def test_the_replay_shortens_a_run_and_never_lengthens_it(tmp_path):
     run = tmp_path / "run"
     run.mkdir()

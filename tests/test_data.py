@@ -307,6 +307,23 @@ def test_sha256sums_mismatch_and_match(tmp_path):
     assert len(load_cifar_arrays("cifar10", str(tmp_path))[0][0]) == 20
 
 
+def test_sha256sums_of_a_sibling_folder_do_not_judge_another_archive(tmp_path):
+    """A listing one folder up names ``full/x.tar.gz``: a subset ``sub/x.tar.gz`` of the same file
+    name (scripts/make_cifar_subset.py's layout without its own SHA256SUMS) is not checked against
+    it; the listed one still is."""
+    sub, _ = make_synthetic_cifar10(tmp_path / "sub")
+    full, _ = make_synthetic_cifar10(tmp_path / "full", n_train_per_batch=(20, 10), seed=1)
+    with open(full, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
+    (tmp_path / "SHA256SUMS").write_text(f"{digest}  full/cifar-10-python.tar.gz\n")
+    assert len(load_cifar_arrays("cifar10", str(tmp_path / "sub"))[0][0]) == 20
+    assert len(load_cifar_arrays("cifar10", str(tmp_path / "full"))[0][0]) == 30
+    (tmp_path / "SHA256SUMS").write_text(f"{'0' * 64}  full/cifar-10-python.tar.gz\n")
+    with pytest.raises(DatasetError, match="checksum mismatch"):
+        load_cifar_arrays("cifar10", str(tmp_path / "full"))
+    assert len(load_cifar_arrays("cifar10", str(tmp_path / "sub"))[0][0]) == 20
+
+
 def test_unknown_dataset_and_label_mode():
     with pytest.raises(DatasetError) as err:
         load_dataset("mnist")

@@ -87,7 +87,15 @@ def test_a_stale_cell_is_found(tmp_path, monkeypatch):
 
 def test_experiment_params_leave_the_plumbing_out():
     cfg = RunConfig(output_dir="/somewhere/run", data_dir="/data", write_done=False)
-    assert {"output_dir", "data_dir", "weights_dir", "write_done", "strategy", "input_pipeline"} == set(cfg.plumbing())
+    assert {
+        "output_dir",
+        "data_dir",
+        "weights_dir",
+        "write_done",
+        "strategy",
+        "input_pipeline",
+        "loader_workers",
+    } == set(cfg.plumbing())
     assert not set(cfg.plumbing()) & set(cfg.experiment_params())
     assert {**cfg.experiment_params(), **cfg.plumbing()} == cfg.to_dict()
 

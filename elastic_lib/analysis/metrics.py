@@ -86,9 +86,10 @@ def final_confusion(probs: list[np.ndarray], y: np.ndarray, class_names: list[st
     return pd.DataFrame(cm, index=pd.Index(class_names, name="true"), columns=pd.Index(class_names, name="predicted"))
 
 
-def evaluate(model, dataset, class_names: list[str]):
-    """Predict once, then (exits table, per-class table, final confusion matrix, probs, labels)."""
-    probs, y = predict_outputs(model, dataset)
+def evaluate(model, dataset, class_names: list[str], labels=None):
+    """Predict once, then (exits table, per-class table, final confusion matrix, probs, labels).
+    ``labels``: the split's labels in dataset order (read from the dataset when not given)."""
+    probs, y = predict_outputs(model, dataset, labels)
     names = short_output_names(model)
     return (
         exits_table(probs, y, len(class_names), names),

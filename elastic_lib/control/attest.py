@@ -46,6 +46,7 @@ from concurrent.futures import ThreadPoolExecutor
 import yaml
 
 from elastic_lib.control import codehash, provenance, results
+from elastic_lib.control.config import as_recorded
 from elastic_lib.control.paths import EXPERIMENT_NOTEBOOK, ROOT
 
 # The replay: the run's own parameters, shortened.
@@ -82,19 +83,44 @@ def replay_params(run_dir: str) -> dict:
     return params
 
 
+def _git(*args: str, cwd: str = ROOT) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
+
+
 def _worktree(rev: str, folder: str) -> str:
-    subprocess.run(["git", "worktree", "add", "--detach", "-f", folder, rev], cwd=ROOT, check=True, capture_output=True)
+    """A worktree of ``rev`` in ``folder``; one kept there by an earlier attestation (``--keep``)
+    is used again when it is at that commit, and replaced when it is not."""
+    want = _git("rev-parse", "--verify", f"{rev}^{{commit}}")
+    if os.path.isdir(folder):
+        try:
+            if _git("rev-parse", "HEAD", cwd=folder) == want and not _git("status", "--porcelain", cwd=folder):
+                return folder
+        except subprocess.CalledProcessError:
+            pass
+        subprocess.run(["git", "worktree", "remove", "--force", folder], cwd=ROOT, capture_output=True)
+        shutil.rmtree(folder, ignore_errors=True)
+        _git("worktree", "prune")
+    _git("worktree", "add", "--detach", "-f", folder, want)
     return folder
 
 
-def _replay(tree: str, params: dict, out_dir: str) -> None:
-    """The experiment notebook of ``tree`` with ``params``, its library first on the path."""
+def hashseed(run_dir: str) -> str:
+    """The ``PYTHONHASHSEED`` a run recorded ('' for unset): its replays run under the same one."""
+    return str((results.read_params_yaml(run_dir).get("determinism") or {}).get("pythonhashseed", ""))
+
+
+def _replay(tree: str, params: dict, out_dir: str, seed_env: str) -> None:
+    """The experiment notebook of ``tree`` with ``params``, its library first on the path, under the
+    ``PYTHONHASHSEED`` the run recorded (``seed_env``)."""
     os.makedirs(out_dir, exist_ok=True)
     params = {**params, "output_dir": out_dir, "write_done": True}
     params_file = os.path.join(out_dir, "replay_params.yaml")
     with open(params_file, "w") as f:
         yaml.safe_dump(params, f)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (tree, os.environ.get("PYTHONPATH")) if p)}
+    env.pop("PYTHONHASHSEED", None)
+    if seed_env:
+        env["PYTHONHASHSEED"] = seed_env
     cmd = [
         sys.executable,
         "-m",
@@ -133,8 +159,11 @@ def _with_teacher(params: dict, tree: str, out_dir: str) -> dict:
         return params
     teacher_dir = teacher if os.path.isabs(teacher) else os.path.join(ROOT, teacher)
     teacher_out = out_dir + "-teacher"
+    if results.is_done(teacher_out) and hashseed(teacher_out) != hashseed(teacher_dir):
+        shutil.rmtree(teacher_out)  # kept from a session with another PYTHONHASHSEED
     if not results.is_done(teacher_out):
-        _replay(tree, replay_params(teacher_dir), teacher_out)
+        shutil.rmtree(teacher_out, ignore_errors=True)
+        _replay(tree, replay_params(teacher_dir), teacher_out, hashseed(teacher_dir))
     return {**params, "refinery_run": teacher_out}
 
 
@@ -156,6 +185,8 @@ def compare(old_dir: str, new_dir: str) -> tuple[list[str], list[str]]:
     for doc, own in ((pa, old_dir), (pb, new_dir)):  # each replay learnt from its own teacher replay
         if doc.get("parameters", {}).get("refinery_run") == own + "-teacher":
             doc["parameters"]["refinery_run"] = "<the teacher's replay>"
+    # parameters added since the base, at the value that reproduces the base's runs, are no difference
+    pb["parameters"] = as_recorded(pb.get("parameters", {}), pa.get("parameters", {}))
     for key in ("parameters", "determinism"):
         if pa.get(key) != pb.get(key):
             diff.append(f"params.yaml {key}: differs")
@@ -194,6 +225,39 @@ def done_at(run_dir: str, rev: str) -> bool:
     )
 
 
+def _made_by_checkout(replay_dir: str) -> bool:
+    """Whether a kept replay was made by this checkout's code and experiment notebook as they are
+    now (a replay kept by an attestation that ran before the code changed again is not)."""
+    rec = results.read_params_yaml(replay_dir).get("fingerprint") or {}
+    return (
+        bool(rec.get("code"))
+        and not codehash.changed(rec["code"], provenance.library_hashes())
+        and rec.get("notebook") == provenance.notebook_hash()
+    )
+
+
+def reusable(replay_dir: str, run_dir: str, checkout: bool) -> bool:
+    """Whether a finished replay kept by an earlier attestation (``--keep``) stands for this one: it
+    ran under the run's ``PYTHONHASHSEED`` and, on the checkout's side, on the code as it is now."""
+    return (
+        hashseed(replay_dir) == hashseed(run_dir)
+        and not _resumed(replay_dir)
+        and (not checkout or _made_by_checkout(replay_dir))
+    )
+
+
+def _resumed(replay_dir: str) -> bool:
+    """Whether a replay finished by resuming an interrupted one (its summary says so): not a replay
+    of the run as it was made, which trained without interruption."""
+    import pandas as pd
+
+    path = os.path.join(replay_dir, "summary.csv")
+    if not os.path.exists(path):
+        return False
+    column = pd.read_csv(path).get("resumed_from")
+    return column is not None and column.notna().any() and (column.astype(str).str.strip() != "").any()
+
+
 def attest(run_dir: str, rev: str, old_tree: str, scratch: str) -> str:
     """Replay ``run_dir`` on ``old_tree`` (``rev``) and on this checkout; on identical outputs,
     move its fingerprint to this checkout's code. Returns a one-line verdict."""
@@ -211,8 +275,12 @@ def attest(run_dir: str, rev: str, old_tree: str, scratch: str) -> str:
     key = run_dir.strip(os.sep).replace(os.sep, "_")
     old_out, new_out = os.path.join(scratch, key, "old"), os.path.join(scratch, key, "new")
     for tree, out in ((old_tree, old_out), (ROOT, new_out)):
-        if not results.is_done(out):  # a replay kept (--keep) by an interrupted attestation counts
-            _replay(tree, _with_teacher(params, tree, out), out)
+        if results.is_done(out) and not reusable(out, run_dir, checkout=tree == ROOT):
+            for folder in (out, out + "-teacher"):
+                shutil.rmtree(folder, ignore_errors=True)
+        if not results.is_done(out):  # a finished replay kept (--keep) by an interrupted attestation counts;
+            shutil.rmtree(out, ignore_errors=True)  # an unfinished one starts over (a resumed run records it)
+            _replay(tree, _with_teacher(params, tree, out), out, hashseed(run_dir))
     same, diff = compare(old_out, new_out)
     if diff:
         raise AttestError(f"{name}: the replays differ: {'; '.join(diff)}")

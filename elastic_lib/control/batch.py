@@ -15,6 +15,7 @@ import errno
 import fnmatch
 import json
 import os
+import queue
 import signal
 import subprocess
 import sys
@@ -25,7 +26,7 @@ import yaml
 
 from elastic_lib.control import provenance, results
 from elastic_lib.control.config import ConfigError
-from elastic_lib.control.environment import setup_environment
+from elastic_lib.control.environment import setup_environment, visible_gpus
 from elastic_lib.control.notebook_cells import check_parameters
 from elastic_lib.control.paths import AGGREGATE_NOTEBOOK, EXPERIMENT_NOTEBOOK, ROOT
 from elastic_lib.control.profiles import list_profiles, load_profile
@@ -63,8 +64,11 @@ class Runner:
         self.folder: str | None = None
         self.shown: str | None = None
 
-    def execute(self, notebook: str, out: str, params: dict, lock_fd: int | None = None) -> tuple[bool, str]:
-        """Run ``notebook`` with papermill into ``out`` (via a .partial file); (ok, log tail)."""
+    def execute(
+        self, notebook: str, out: str, params: dict, lock_fd: int | None = None, env: dict | None = None
+    ) -> tuple[bool, str]:
+        """Run ``notebook`` with papermill into ``out`` (via a .partial file); (ok, log tail).
+        ``env``: added to the notebook process's environment."""
         check_parameters(notebook, params)
         if STOPPING.is_set():  # interrupted while this worker was getting ready: start nothing
             return False, "interrupted before the notebook started"
@@ -82,6 +86,7 @@ class Runner:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
                 pass_fds=(lock_fd,) if lock_fd is not None else (),
+                env={**os.environ, **env} if env else None,
             )
             try:
                 code = self._wait(folder)
@@ -177,20 +182,28 @@ def select(runs, only: str | None):
     ]
 
 
-def _prepare(profile: str, only: str | None, data_dir: str | None, results_root: str | None):
+def _prepare(
+    profile: str, only: str | None, data_dir: str | None, results_root: str | None, weights_dir: str | None = None
+):
     """The profile and its selected runs, validated (config and notebook parameters) up front."""
     prof = load_profile(profile, results_root)
     runs = select(prof.runs, only)
     for r in runs:
         if data_dir:  # the profile's runs were validated when it was read; a new data_dir is checked now
             r.data_dir = os.path.abspath(os.path.expanduser(data_dir))
+        if weights_dir:  # likewise the offline ImageNet weights (a file per backbone, checked now)
+            r.weights_dir = os.path.abspath(os.path.expanduser(weights_dir))
+        if data_dir or weights_dir:
             r.validate()
         check_parameters(TEMPLATE, {**r.to_dict(), "write_done": False})
     return prof, runs
 
 
-def run_one(cfg, force: bool, timeout_s: float | None, runners: list, out=None) -> tuple[str, bool, str]:
-    """One run under its directory's lock: (run name, ok, message). DONE is written last."""
+def run_one(
+    cfg, force: bool, timeout_s: float | None, runners: list, out=None, env: dict | None = None
+) -> tuple[str, bool, str]:
+    """One run under its directory's lock: (run name, ok, message). DONE is written last.
+    ``env``: what the notebook's process gets on top of this one's environment (its GPU)."""
     rid = os.path.basename(cfg.output_dir)
     fd = results.try_lock(cfg.output_dir)
     if fd is None:
@@ -214,9 +227,12 @@ def run_one(cfg, force: bool, timeout_s: float | None, runners: list, out=None) 
             "write_done": False,
             "output_dir": repo_relative(cfg.output_dir),
             "data_dir": os.path.relpath(cfg.data_dir, ROOT) if cfg.data_dir else "",
+            "weights_dir": os.path.relpath(cfg.weights_dir, ROOT)
+            if os.path.isabs(cfg.weights_dir)
+            else cfg.weights_dir,
         }
         t0 = time.perf_counter()
-        ok, tail = runner.execute(TEMPLATE, os.path.join(cfg.output_dir, "notebook.ipynb"), params, fd)
+        ok, tail = runner.execute(TEMPLATE, os.path.join(cfg.output_dir, "notebook.ipynb"), params, fd, env)
         if not ok:
             _mark_failed(cfg.output_dir, f"{_error_summary(tail)}\n\n{tail}")
             return rid, False, _error_summary(tail)
@@ -248,9 +264,16 @@ def _run_all(todo, jobs: int, force: bool, timeout_s: float | None, out, redo=fr
     STOPPING.clear()
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
+        slots = queue.Queue()  # each parallel job takes a GPU (round robin) and gives it back
+        for env in gpu_slots(jobs):
+            slots.put(env)
 
         def one(cfg):
-            return run_one(cfg, force or cfg.output_dir in redo, timeout_s, runners, out)
+            env = slots.get()
+            try:
+                return run_one(cfg, force or cfg.output_dir in redo, timeout_s, runners, out, env)
+            finally:
+                slots.put(env)
 
         if jobs <= 1:
             iterator = map(one, todo)
@@ -315,12 +338,28 @@ def _study(prof, profile_dir: str, figures_root: str | None, timeout_s: float | 
 
 def gpus() -> list[str]:
     """NVIDIA GPUs that ``nvidia-smi -L`` lists (the same test scripts/tf_flavour.sh makes to
-    install the CUDA build of TensorFlow); no TensorFlow import."""
-    try:
-        listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30).stdout
-    except (OSError, subprocess.SubprocessError):
-        return []
-    return [ln.strip() for ln in listing.splitlines() if ln.startswith("GPU ")]
+    install the CUDA build of TensorFlow), within ``CUDA_VISIBLE_DEVICES``; no TensorFlow import."""
+    return visible_gpus()
+
+
+def gpu_slots(jobs: int) -> list[dict]:
+    """The environment of each of ``jobs`` parallel runs: with more than one job and NVIDIA GPUs
+    here, each job sees one GPU (``CUDA_VISIBLE_DEVICES``, round robin over the visible ones), and
+    jobs that share a GPU split its memory (JAX preallocates 75 % of every GPU it sees, so a
+    second process would run out: ``XLA_PYTHON_CLIENT_MEM_FRACTION`` = 0.9 / jobs per GPU;
+    TensorFlow allocates as it grows). Variables the user set are kept. One job: the run sees
+    every GPU (``strategy: data_parallel`` uses them all)."""
+    found = [g.split(":")[0].removeprefix("GPU").strip() for g in gpus()] if jobs > 1 else []
+    if not found:
+        return [{} for _ in range(max(1, jobs))]
+    per_gpu = -(-jobs // len(found))
+    slots = []
+    for i in range(jobs):
+        env = {"CUDA_VISIBLE_DEVICES": found[i % len(found)], "TF_FORCE_GPU_ALLOW_GROWTH": "true"}
+        if per_gpu > 1:
+            env["XLA_PYTHON_CLIENT_MEM_FRACTION"] = f"{0.9 / per_gpu:.2f}"
+        slots.append({k: v for k, v in env.items() if k not in os.environ or k == "CUDA_VISIBLE_DEVICES"})
+    return slots
 
 
 def cpu_estimate(runs, dryrun_dir: str = os.path.join(ROOT, "results", "paper-dryrun")) -> str:
@@ -392,10 +431,11 @@ def run_profile(
     allow_cpu: bool = False,
     rerun_stale: bool = False,
     study: bool | None = None,
+    weights_dir: str | None = None,
 ) -> int:
     """``study``: run the profile's study notebook after aggregating (None: when this call
     (re)made a run; the trained weights it needs are not committed)."""
-    prof, runs = _prepare(profile, only, data_dir, results_root)
+    prof, runs = _prepare(profile, only, data_dir, results_root, weights_dir)
     _check_study(prof, study)
     if prof.requires_gpu and not allow_cpu and runs:
         found = gpus()
@@ -515,6 +555,12 @@ def main(argv=None) -> int:
     ap.add_argument("--jobs", type=int, default=1, help="runs in parallel (default 1; each uses all cores)")
     ap.add_argument("--force", action="store_true", help="redo runs that are already DONE")
     ap.add_argument("--data-dir", default=None, help="folder with the CIFAR archives (overrides the profile)")
+    ap.add_argument(
+        "--weights-dir",
+        default=None,
+        help="folder of offline no-top ImageNet weights (python -m elastic_lib.models.weights download; "
+        "overrides the profile)",
+    )
     ap.add_argument("--results-root", default=None, help="folder for <profile>/<run>/ (default: results/)")
     ap.add_argument("--figures-root", default=None, help="folder for <profile>/ figures (default: figures/)")
     ap.add_argument("--no-aggregate", action="store_true", help="skip the aggregation notebook")
@@ -565,6 +611,7 @@ def main(argv=None) -> int:
             allow_cpu=a.allow_cpu,
             rerun_stale=a.rerun_stale,
             study=a.study,
+            weights_dir=a.weights_dir,
         )
     except (ConfigError, results.LockUnsupportedError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -30,8 +30,9 @@ LOSS_WEIGHT_SCHEMES = ("uniform", "depth", "linear")
 CRITERIA = ("max_prob", "entropy")
 PREPROCESS = ("native", "inception")
 FROZEN_BN = ("inference", "batch_stats")
-PRECISIONS = ("float32", "mixed_float16")
-STRATEGIES = ("default", "mirrored")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+STRATEGIES = ("default", "data_parallel", "mirrored")  # mirrored: data_parallel's old name (TensorFlow)
+DETERMINISM = ("strict", "auto", "off")
 INPUT_PIPELINES = ("auto", "tf_data", "pydataset")  # elastic_lib.data.pipeline.PIPELINES
 CHOICES = {
     "dataset": DATASETS,
@@ -46,6 +47,7 @@ CHOICES = {
     "preprocess": PREPROCESS,
     "frozen_bn": FROZEN_BN,
     "precision": PRECISIONS,
+    "determinism": DETERMINISM,
 }  # enumerated parameters
 
 
@@ -53,11 +55,18 @@ class ConfigError(ValueError):
     """A bad parameter, profile key or type; the message names it and the valid choices."""
 
 
-def _p(default, doc: str, plumbing: bool = False):
+_NEW = object()
+
+
+def _p(default, doc: str, plumbing: bool = False, before=_NEW):
     """A run parameter: its default and the one-line doc shown in the notebook's parameters cell.
     plumbing: where and how the run executes (paths, devices, DONE handling), not what it is;
-    params.yaml keeps it apart from the experiment's parameters."""
+    params.yaml keeps it apart from the experiment's parameters.
+    before: for a parameter added after runs were recorded, the value that reproduces what those
+    runs did (``LEGACY``): a recorded run that lacks the parameter is read as having it."""
     meta = {"doc": doc, "plumbing": plumbing}
+    if before is not _NEW:
+        meta["before"] = before
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -126,7 +135,13 @@ class RunConfig:
     test_limit_per_class: int = _p(0, "first N test images per class (0: all)")
     augment: bool = _p(False, "random flip + translation (paper: off)")
     resize_in_model: bool = _p(False, "upsample to image_size in the model (first layer: Resizing), not on the host")
-    seed: int = _p(0, "seeds Python, NumPy, TensorFlow; op determinism is always on")
+    seed: int = _p(0, "seeds Python, NumPy and the Keras backend")
+    determinism: str = _p(
+        "strict",
+        "strict (every op deterministic, or an early error naming the ops this device lacks) | auto "
+        "(deterministic where the backend can be on this device; the rest named in params.yaml) | off",
+        before="strict",
+    )
     target_drop_pct: float = _p(1.0, "early exit: allowed top-1 accuracy drop vs. the final output (points)")
     exit_criterion: str = _p("max_prob", "dynamic policy timed in the latency cell: max_prob | entropy")
     latency_repeats: int = _p(10, "timed repeats per output after warm-up (0: skip latency)")
@@ -135,7 +150,10 @@ class RunConfig:
     jit_compile: bool = _p(
         False, "XLA for training steps on TensorFlow (GPU speed option; off on CPU); JAX always compiles"
     )
-    precision: str = _p("float32", "float32 | mixed_float16 (GPU speed option; outputs stay float32)")
+    precision: str = _p("float32", "float32 | mixed_float16 | mixed_bfloat16 (GPU speed options; outputs stay float32)")
+    allow_tf32: bool = _p(
+        False, "float32 matmuls and convolutions may run as TF32 on Ampere+ GPUs (off: true float32)", before=False
+    )
     data_dir: str = _p(
         "", "folder holding the CIFAR archive (empty: $ELASTIC_DATA_DIR, Keras cache, or download)", plumbing=True
     )
@@ -145,7 +163,13 @@ class RunConfig:
         "(offline nodes; fill it with python -m elastic_lib.models.weights download)",
         plumbing=True,
     )
-    strategy: str = _p("default", "default | mirrored (tf.distribute, multi-GPU; TensorFlow only)", plumbing=True)
+    strategy: str = _p(
+        "default",
+        "default | data_parallel (every visible GPU: keras.distribution on JAX, MirroredStrategy on "
+        "TensorFlow; batch_size stays the global batch) | mirrored (old name, TensorFlow)",
+        plumbing=True,
+    )
+    loader_workers: int = _p(4, "threads preparing NumPy batches ahead of the device (pydataset path)", plumbing=True)
     input_pipeline: str = _p(
         "auto", "auto (tf.data on TensorFlow, else pydataset) | tf_data | pydataset: same batches", plumbing=True
     )
@@ -215,6 +239,7 @@ class RunConfig:
             "reduce_lr_patience",
             "early_stopping_patience",
             "reduce_lr_cooldown",
+            "loader_workers",
         ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -229,10 +254,16 @@ class RunConfig:
     def _validate_backend(self) -> None:
         """TensorFlow-only options refused early on another Keras backend (``elastic_lib.control.backend``)."""
         from elastic_lib.control.backend import BackendError, require_tensorflow
+        from elastic_lib.control.backend import name as backend_name
 
         try:
-            if self.strategy != "default":
-                require_tensorflow(f"strategy={self.strategy!r} (tf.distribute)")
+            if self.strategy == "mirrored":
+                require_tensorflow("strategy='mirrored' (tf.distribute; strategy='data_parallel' works on JAX too)")
+            if self.strategy == "data_parallel" and backend_name() == "torch":
+                raise BackendError(
+                    "strategy='data_parallel' runs on JAX (keras.distribution) and TensorFlow (MirroredStrategy); "
+                    "Keras on PyTorch has no data-parallel training: ELASTIC_BACKEND=jax or tensorflow"
+                )
             if self.input_pipeline == "tf_data":
                 require_tensorflow("input_pipeline='tf_data'")
         except BackendError as err:
@@ -433,3 +464,13 @@ class PruningConfig:
             bad = [v for v in getattr(self, name) if v not in valid]
             if bad:
                 raise ConfigError(f"{name} {bad} unknown; valid: {list(valid)}")
+
+
+# Parameters added after runs were recorded, with the value that reproduces those runs.
+LEGACY = {f.name: f.metadata["before"] for f in dataclasses.fields(RunConfig) if "before" in f.metadata}
+
+
+def as_recorded(params: dict, recorded: dict) -> dict:
+    """``params`` as a run recorded before a ``LEGACY`` parameter existed would have recorded them:
+    without each such parameter that ``recorded`` lacks and ``params`` sets to its legacy value."""
+    return {k: v for k, v in params.items() if k in recorded or k not in LEGACY or v != LEGACY[k]}

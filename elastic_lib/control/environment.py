@@ -14,6 +14,7 @@ No Keras, TensorFlow, JAX or torch import here (the control plane).
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import logging
 import os
 import platform
@@ -25,19 +26,115 @@ from elastic_lib.control import backend
 from elastic_lib.control.paths import ROOT
 
 
-def setup_environment() -> None:
-    """The one environment setup (before TensorFlow is imported anywhere): quiet logs and
+def setup_environment(determinism: str | None = None) -> dict:
+    """The one environment setup (before Keras or a backend is imported anywhere): quiet logs and
     TensorFlow's own oneDNN graph rewrites off, Keras on ``ELASTIC_BACKEND`` (default TensorFlow)
-    unless ``KERAS_BACKEND`` says otherwise. (``scripts/env.sh`` exports the same for the shell.)
-    Existing settings are kept."""
+    unless ``KERAS_BACKEND`` says otherwise, and the backend's determinism switches for
+    ``determinism`` (``plan_determinism``; JAX reads its flags only before it starts, so they are
+    set here). Existing settings are kept. (``scripts/env.sh`` exports the same for the shell.)
+    Returns the determinism plan, which ``elastic_lib.runtime.set_determinism`` records. Without
+    ``determinism`` (the driver, the tests, the benchmarks, which train nothing they report) the
+    strict switches are set and nothing is probed."""
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("KERAS_BACKEND", os.environ.get("ELASTIC_BACKEND", "tensorflow"))
-    if os.environ["KERAS_BACKEND"] == "jax" and "--xla_gpu_deterministic_ops" not in os.environ.get("XLA_FLAGS", ""):
+    plan = (
+        plan_determinism(determinism)
+        if determinism is not None
+        else {"mode": None, "strict_kernels": True, "nondeterministic_ops": []}
+    )
+    if (
+        os.environ["KERAS_BACKEND"] == "jax"
+        and plan["strict_kernels"]
+        and XLA_DETERMINISTIC not in os.environ.get("XLA_FLAGS", "")
+    ):
         # JAX on a GPU: reproducible reductions (XLA on CPU is deterministic already)
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_gpu_deterministic_ops=true").strip()
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + f" {XLA_DETERMINISTIC}=true").strip()
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # PyTorch deterministic cuBLAS
     logging.getLogger("tensorflow").setLevel(logging.ERROR)  # retracing chatter breaks nbval comparisons
+    _PLAN.clear()
+    _PLAN.update(plan)
+    return plan
+
+
+# ---------------------------------------------------------------- determinism on this device
+XLA_DETERMINISTIC = "--xla_gpu_deterministic_ops"
+FAKE_NONDETERMINISTIC = "ELASTIC_FAKE_NONDETERMINISTIC"  # tests: ops that act as if this device lacked them
+PROBE_OPS = ("conv_grad", "max_pool_grad", "avg_pool_grad", "bilinear_resize_grad", "batch_norm_grad", "reductions")
+_PLAN: dict = {}
+
+
+class DeterminismError(RuntimeError):
+    """``determinism='strict'`` on a device whose backend cannot make some op deterministic."""
+
+
+def visible_gpus() -> list[str]:
+    """NVIDIA GPUs that ``nvidia-smi -L`` lists (the test scripts/tf_flavour.sh makes too), limited
+    to ``CUDA_VISIBLE_DEVICES`` when it is set; no backend import."""
+    try:
+        listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    found = [ln.strip() for ln in listing.splitlines() if ln.startswith("GPU ")]
+    chosen = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if chosen is None:
+        return found
+    keep = {c.strip() for c in chosen.split(",") if c.strip() and c.strip() != "-1"}
+    return [g for g in found if g.split(":")[0].removeprefix("GPU ").strip() in keep or any(k in g for k in keep)]
+
+
+def nondeterministic_ops() -> list[str]:
+    """The ops of ``PROBE_OPS`` the backend cannot run deterministically on this machine's devices.
+    On CPUs every backend is deterministic: none, without a probe. With a GPU, a fresh process runs
+    each op forward and backward under the backend's strict switches
+    (``elastic_lib.runtime.probe_determinism``) and reports those that fail or differ between two
+    runs. ``$ELASTIC_FAKE_NONDETERMINISTIC`` (comma-separated op names) stands in for the probe:
+    how the tests give a CPU a GPU's gaps."""
+    fake = os.environ.get(FAKE_NONDETERMINISTIC)
+    if fake is not None:
+        ops = [o.strip() for o in fake.split(",") if o.strip()]
+        unknown = sorted(set(ops) - set(PROBE_OPS))
+        if unknown:
+            raise ValueError(f"{FAKE_NONDETERMINISTIC}: unknown ops {unknown}; valid: {', '.join(PROBE_OPS)}")
+        return ops
+    if not visible_gpus():
+        return []
+    env = {**os.environ, "XLA_FLAGS": (os.environ.get("XLA_FLAGS", "") + f" {XLA_DETERMINISTIC}=true").strip()}
+    code = "import json, elastic_lib.runtime as r; print(json.dumps(r.probe_determinism()))"
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    if proc.returncode != 0:
+        raise DeterminismError(f"the determinism probe failed to run:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def plan_determinism(mode: str = "strict") -> dict:
+    """What ``determinism=mode`` does on this machine: ``strict_kernels`` (the backend's strict
+    switches on: TensorFlow op determinism, PyTorch deterministic algorithms, XLA's deterministic
+    GPU ops) and ``nondeterministic_ops`` (ops that stay nondeterministic). strict: every op
+    deterministic, else a ``DeterminismError`` now, before any data is read; auto: the strict
+    switches where they hold, else the backend's per-op determinism that remains (cuDNN's
+    deterministic algorithms on TensorFlow, PyTorch's ``warn_only``), the failing ops named;
+    off: nothing switched (the seeds still hold)."""
+    from elastic_lib.control.config import DETERMINISM
+
+    if mode not in DETERMINISM:
+        raise ValueError(f"determinism={mode!r}; valid: {', '.join(DETERMINISM)}")
+    if mode == "off":
+        return {"mode": mode, "strict_kernels": False, "nondeterministic_ops": ["all (determinism off)"]}
+    ops = nondeterministic_ops()
+    if ops and mode == "strict":
+        raise DeterminismError(
+            f"determinism='strict': on this device the {backend.name()} backend has no deterministic kernel for "
+            f"{', '.join(ops)}; set determinism='auto' (deterministic wherever it can be, these ops named in "
+            "params.yaml) or 'off'"
+        )
+    return {"mode": mode, "strict_kernels": not ops, "nondeterministic_ops": ops}
+
+
+def determinism_plan(mode: str) -> dict:
+    """The plan ``setup_environment`` made, when it was made for ``mode``; else made now (on JAX
+    the XLA flags are then those already set)."""
+    return dict(_PLAN) if _PLAN.get("mode") == mode else plan_determinism(mode)
 
 
 # oneDNN's x64 ISA ladder: (name as ONEDNN_MAX_CPU_ISA takes it, /proc/cpuinfo flags it needs,

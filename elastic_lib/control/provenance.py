@@ -34,7 +34,7 @@ import subprocess
 import sys
 
 from elastic_lib.control import backend, codehash, datasets, results
-from elastic_lib.control.config import RunConfig
+from elastic_lib.control.config import RunConfig, as_recorded
 from elastic_lib.control.paths import EXPERIMENT_NOTEBOOK, ROOT
 
 LIB = os.path.join(ROOT, "elastic_lib")
@@ -293,7 +293,7 @@ def changes(run_dir: str, cfg: RunConfig | None = None, data_dir: str | None = N
     if made_on != backend.name():
         out.append(f"backend: made on {made_on}, this session runs Keras on {backend.name()}")
     then = doc.get("parameters", {})
-    now = then if cfg is None else cfg.experiment_params()
+    now = then if cfg is None else as_recorded(cfg.experiment_params(), then)  # parameters added since
     if parameters_hash(now) != rec["parameters"]:
         diff = sorted(k for k in set(now) | set(then) if now.get(k) != then.get(k))
         out.append("parameters: " + (", ".join(diff) or "resolved values"))

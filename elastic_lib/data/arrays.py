@@ -74,24 +74,27 @@ def load_digits_arrays():
 
 
 def _check_sums(archive: str) -> None:
-    """Verify ``archive`` against a SHA256SUMS file next to it or one folder up, if present."""
-    base = os.path.basename(archive)
-    for sums in (
-        os.path.join(os.path.dirname(archive), "SHA256SUMS"),
-        os.path.join(os.path.dirname(os.path.dirname(archive)), "SHA256SUMS"),
-    ):
+    """Verify ``archive`` against a SHA256SUMS file next to it or one folder up, if present. A line
+    names its file relative to the SHA256SUMS file's folder (``sha256sum``'s format), so a listing
+    one folder up for ``cifar10/x.tar.gz`` does not judge ``subset/x.tar.gz``."""
+    target = os.path.realpath(archive)
+    for folder in (os.path.dirname(target), os.path.dirname(os.path.dirname(target))):
+        sums = os.path.join(folder, "SHA256SUMS")
         if not os.path.isfile(sums):
             continue
-        for line in open(sums):
-            parts = line.split()
-            if len(parts) == 2 and os.path.basename(parts[1].lstrip("*")) == base:
-                digest = hashlib.sha256(open(archive, "rb").read()).hexdigest()
-                if digest != parts[0]:
-                    raise DatasetError(
-                        f"checksum mismatch for {archive}: sha256 {digest} != {parts[0]} "
-                        f"listed in {sums}; the archive is corrupt or truncated, download it again"
-                    )
-                return
+        with open(sums) as f:
+            listed = [line.split() for line in f]
+        for parts in listed:
+            if len(parts) != 2 or os.path.realpath(os.path.join(folder, parts[1].lstrip("*"))) != target:
+                continue
+            with open(archive, "rb") as f:
+                digest = hashlib.file_digest(f, "sha256").hexdigest()
+            if digest != parts[0]:
+                raise DatasetError(
+                    f"checksum mismatch for {archive}: sha256 {digest} != {parts[0]} "
+                    f"listed in {sums}; the archive is corrupt or truncated, download it again"
+                )
+            return
 
 
 class _NumpyOnlyUnpickler(pickle.Unpickler):

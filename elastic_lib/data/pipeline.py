@@ -147,8 +147,10 @@ class ArrayBatches(keras.utils.PyDataset):
         plan: EpochPlan | None = None,
         epochs: int = 1,
         first_epoch: int = 0,
+        workers: int = 1,
     ):
-        super().__init__(workers=1, use_multiprocessing=False)
+        # threads prepare the next batches while the device computes; Keras hands them over in order
+        super().__init__(workers=max(1, workers), use_multiprocessing=False, max_queue_size=2 * max(1, workers))
         self.x, self.y, self.image_size, self.preprocess = x, y, image_size, preprocess
         self.batch_size, self.num_outputs, self.epochs, self.first_epoch = batch_size, num_outputs, epochs, first_epoch
         self.plan = plan or EpochPlan(len(x), shuffle=False)
@@ -159,9 +161,11 @@ class ArrayBatches(keras.utils.PyDataset):
         return self.epochs * self.per_epoch
 
     def epoch_rows(self, epoch: int) -> np.ndarray:
-        if self._rows[0] != epoch:
-            self._rows = (epoch, self.plan.rows(epoch))
-        return self._rows[1]
+        cached = self._rows  # one read: worker threads may replace it meanwhile
+        if cached[0] != epoch:
+            cached = (epoch, self.plan.rows(epoch))
+            self._rows = cached
+        return cached[1]
 
     def __getitem__(self, i: int):
         if not 0 <= i < len(self):
@@ -197,14 +201,15 @@ def make_input(
     plan: EpochPlan | None = None,
     epochs: int = 1,
     first_epoch: int = 0,
+    workers: int = 1,
 ):
-    """The input stream of ``kind`` (``PIPELINES``); same arguments as ``data.make_pipeline``."""
+    """The input stream of ``kind`` (``PIPELINES``); same arguments as ``make_pipeline``, and
+    ``workers``: threads preparing NumPy batches ahead (the PyDataset path; tf.data has its own
+    parallel map and prefetch)."""
     args = (x, y, image_size, preprocess, batch_size, num_outputs, plan, epochs, first_epoch)
     if resolve(kind) == "tf_data":
-        from elastic_lib.data.pipeline import make_pipeline
-
         return make_pipeline(*args)
-    return ArrayBatches(*args)
+    return ArrayBatches(*args, workers=workers)
 
 
 def first_images(dataset, n: int) -> np.ndarray:

@@ -230,11 +230,17 @@ def _has(model, name) -> bool:
         return False
 
 
-def predict_outputs(model, dataset) -> tuple[list[np.ndarray], np.ndarray]:
-    """Softmax probabilities of every output and the labels, in dataset order."""
+def predict_outputs(model, dataset, labels=None) -> tuple[list[np.ndarray], np.ndarray]:
+    """Softmax probabilities of every output and the labels, in dataset order. ``labels``: the
+    split's labels in that order, when the caller has them (the dataset is then read once, not a
+    second time for its labels)."""
     probs = model.predict(dataset, verbose=0)
     probs = probs if isinstance(probs, (list, tuple)) else [probs]
-    labels = np.concatenate([np.asarray(y[0] if isinstance(y, (list, tuple)) else y) for _, y in dataset])
+    if labels is None:
+        labels = np.concatenate([np.asarray(y[0] if isinstance(y, (list, tuple)) else y) for _, y in dataset])
+    labels = np.asarray(labels)
+    if len(labels) != len(probs[0]):
+        raise ValueError(f"{len(labels)} labels for {len(probs[0])} predictions")
     if labels.ndim == 2:  # one-hot labels (a label-refinery run's evaluation splits)
         labels = labels.argmax(1)
     return [np.asarray(p, dtype=np.float64) for p in probs], labels

@@ -138,21 +138,44 @@ class DivergenceGuard(keras.callbacks.Callback):
     ln(num_classes)), or saturates: above ``saturation`` x ``ceiling``, the most the clipped
     cross-entropy can give (sum of weights x -ln(keras epsilon)), which is where a blown-up network
     ends when its arithmetic does not overflow (JAX at a learning rate of 1e12 stays there, where
-    TensorFlow gives NaN). ``fit_two_phase`` then raises ``TrainingDiverged``."""
+    TensorFlow gives NaN). ``fit_two_phase`` then raises ``TrainingDiverged``.
 
-    def __init__(self, chance_loss: float, factor: float = 1e4, ceiling: float | None = None, saturation: float = 0.8):
+    Reading the loss makes the host wait for the device, so the guard reads it only every
+    ``every`` batches (and at the end of each epoch): a GPU runs ahead in between. The batch's own
+    loss is recovered from the epoch's running means at two reads."""
+
+    def __init__(
+        self,
+        chance_loss: float,
+        factor: float = 1e4,
+        ceiling: float | None = None,
+        saturation: float = 0.8,
+        every: int = 20,
+    ):
         super().__init__()
         self.limit = factor * max(chance_loss, 1.0)
         self.saturated = saturation * ceiling if ceiling else np.inf
+        self.every = max(1, int(every))
         self.reason = ""
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._mean = 0.0
+        self._mean, self._seen = 0.0, 0
 
     def on_train_batch_end(self, batch, logs=None):
+        self._last = batch
+        if batch == 0 or (batch + 1) % self.every == 0:
+            self._check(batch, logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self.reason and "loss" in (logs or {}):
+            self._check(getattr(self, "_last", 0), logs)
+
+    def _check(self, batch, logs):
         mean = float((logs or {}).get("loss", 0.0))  # Keras logs the epoch's running mean
-        loss = (batch + 1) * mean - batch * getattr(self, "_mean", 0.0)  # this batch's own loss (equal batches)
-        self._mean = mean
+        seen = getattr(self, "_seen", 0)
+        # the mean loss of the batches since the last read (equal batches)
+        loss = ((batch + 1) * mean - seen * getattr(self, "_mean", 0.0)) / max(1, batch + 1 - seen)
+        self._mean, self._seen = mean, batch + 1
         if not np.isfinite(mean) or mean > self.limit:
             self.reason = f"loss {mean:.4g} at batch {batch} (limit {self.limit:.4g})"
         elif loss > self.saturated:
@@ -188,14 +211,14 @@ class TestEveryEpoch(keras.callbacks.Callback):
     to the epoch's logs (``test_<output>_top1_err_pct``) so that it lands in ``history.csv``.
     Only reported, never used to select anything during training."""
 
-    def __init__(self, test_ds, names: list[str]):
+    def __init__(self, test_ds, names: list[str], labels=None):
         super().__init__()
-        self.test_ds, self.names = test_ds, names
+        self.test_ds, self.names, self.labels = test_ds, names, labels
 
     def on_epoch_end(self, epoch, logs=None):
         from elastic_lib.models.exits import predict_outputs
 
-        probs, y = predict_outputs(self.model, self.test_ds)
+        probs, y = predict_outputs(self.model, self.test_ds, self.labels)
         for name, p in zip(self.names, probs):
             logs[f"test_{name}_top1_err_pct"] = 100.0 * float((p.argmax(1) != y).mean())
 
@@ -368,6 +391,7 @@ def fit_two_phase(
     state_dir: str | None = None,
     test_ds=None,
     progress: str | None = None,
+    test_labels=None,
 ) -> pd.DataFrame:
     """Phase 1 (heads only) then phase 2 (all layers). Returns the per-epoch history, one
     loss and accuracy column per output (``exit01_accuracy``, ``val_final_loss``, ...).
@@ -379,11 +403,14 @@ def fit_two_phase(
     seed, phase and epoch alone, on every backend and across a resume.
     state_dir: checkpoint every epoch there and resume from it (a finished phase is kept as
     ``phaseN.weights.h5`` + ``phaseN_history.csv`` and not redone). test_ds: the paper
-    protocol's per-epoch test evaluation of every output in phase 2 (``test_*`` columns).
+    protocol's per-epoch test evaluation of every output in phase 2 (``test_*`` columns), with
+    ``test_labels`` its labels in order (else read from test_ds).
     progress: path of the progress file ``./run_all.sh`` shows."""
     import contextlib
 
-    scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
+    def scope():  # a fresh context per phase: a strategy's scope cannot be entered twice
+        return strategy.scope() if strategy is not None else contextlib.nullcontext()
+
     frames = []
     phases = [
         (1, cfg.phase1_epochs, cfg.learning_rate, cfg.momentum, False),
@@ -399,11 +426,23 @@ def fit_two_phase(
             model.load_weights(done_weights)  # the next phase compiles a fresh optimizer
             frames.append(pd.read_csv(done_history))
             continue
-        with scope:
+        with scope():
             set_trainable(model, backbone_trainable, cfg.frozen_bn)
             compile_model(model, lr, cfg, momentum=momentum)
             frame = _fit_phase(
-                model, train_ds, val_ds, cfg, phase, epochs, lr, start, verbose, state_dir, test_ds, progress
+                model,
+                train_ds,
+                val_ds,
+                cfg,
+                phase,
+                epochs,
+                lr,
+                start,
+                verbose,
+                state_dir,
+                test_ds,
+                progress,
+                test_labels,
             )
         frames.append(frame)
         if state_dir:  # the phase is finished: its weights (best val_loss) and history, then drop the epochs
@@ -417,7 +456,7 @@ def fit_two_phase(
 
 
 def _fit_phase(
-    model, train_ds, val_ds, cfg, phase, epochs, lr, start, verbose, state_dir, test_ds, progress
+    model, train_ds, val_ds, cfg, phase, epochs, lr, start, verbose, state_dir, test_ds, progress, test_labels=None
 ) -> pd.DataFrame:
     """One phase's ``fit`` with its callbacks; its history (resumed epochs included)."""
     weights = sum(loss_weights(len(model.outputs), cfg.loss_weights))
@@ -427,7 +466,7 @@ def _fit_phase(
     rlr, es = _callbacks(cfg)
     callbacks = [rlr, es, guard]
     if test_ds is not None and phase == 2:
-        callbacks.append(TestEveryEpoch(test_ds, short_output_names(model)))
+        callbacks.append(TestEveryEpoch(test_ds, short_output_names(model), test_labels))
     resume = None
     if state_dir:
         resume = ResumeState(os.path.join(state_dir, f"phase{phase}"), phase, epochs, es, rlr, progress)
