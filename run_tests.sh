@@ -29,13 +29,14 @@ t0=$SECONDS
 for b in $OTHERS; do ELASTIC_BACKEND="$b" bash -c 'source scripts/env.sh'; done
 echo "[tests] environments ready in $((SECONDS - t0)) s" >&2
 # The files holding the tests whose outcome depends on the Keras backend (marked `backend`: building,
-# counts, training, heads, staged early exit, refinery, resume). PyTorch (a 190 MB CPU wheel) runs
+# counts, training, heads, staged early exit, refinery, resume; the policy zoo, which must run without
+# TensorFlow). PyTorch (a 190 MB CPU wheel) runs
 # tests/test_backends.py only.
 tests_for() {
   case "$1" in
     torch) echo tests/test_backends.py tests/test_golden_complexity.py ;;
-    *) echo tests/test_backends.py tests/test_golden_complexity.py tests/test_training.py tests/test_heads.py tests/test_early_exit.py \
-            tests/test_refinery.py tests/test_recipe.py ;;
+    *) echo tests/test_backends.py tests/test_golden_complexity.py tests/test_gpu_path.py tests/test_training.py tests/test_heads.py tests/test_early_exit.py \
+            tests/test_refinery.py tests/test_recipe.py tests/test_zoo.py ;;
   esac
 }
 case "$TIER" in

@@ -13,6 +13,8 @@ one-line ``verdict`` against its target):
 7. ``early_exit_policies``  budgeted early exit and per-exit calibration on trained runs
 8. ``backends``          train steps/s of each Keras backend over TensorFlow's, side by side
 9. ``resize_placement``  training images/s with the 32 -> 224 upsampling inside the model vs on the host
+10. ``early_exit_zoo``   the policy zoo on trained runs (curves with bands, paired tests, risk control) and a
+    latency budget met on the TFLite cascade
 """
 
 import elastic_lib
@@ -29,4 +31,5 @@ FIGURES = (
     "early_exit_policies",
     "backends",
     "resize_placement",
+    "early_exit_zoo",
 )

@@ -111,6 +111,17 @@ def clear_keras() -> None:
 
 
 # ---------------------------------------------------------------- data
+def trained_run(rel: str) -> str | None:
+    """A finished run ``<profile>/<run>`` with its weights (not committed): this machine's copy under
+    ``results/interactive/`` (``./run_all.sh --results-root results/interactive``) first, then the
+    committed run folder; None when neither has ``model.weights.h5``."""
+    for root in (os.path.join(ROOT, "results", "interactive"), os.path.join(ROOT, "results")):
+        d = os.path.join(root, rel)
+        if os.path.isfile(os.path.join(d, "model.weights.h5")):
+            return d
+    return None
+
+
 def load_images(limit: int | None = None):
     """(x, y, label): the CIFAR-10 subset's train + val images (10,000, uint8 32x32) from
     ../shared/data if present, else scikit-learn's digits (1,437 train + val, 8x8)."""

@@ -1,7 +1,8 @@
 """Figure 7: the early-exit policies a deployer asks for (issue 10), on trained runs.
 
 For each trained elastic run found with its weights (the smoke MobileNet-0.75 on digits, the
-cifar-mini MobileNet-0.75 runs on CIFAR-10 and CIFAR-100, seed 0), reloaded with
+cifar-mini MobileNet-0.75 runs on CIFAR-10 and CIFAR-100, seed 0; ``common.trained_run``: this
+machine's copy under ``results/interactive/`` first), reloaded with
 ``Experiment.from_run_dir``: every output's probabilities on its validation and test splits,
 then (``elastic_lib.early_exit.policies``)
 
@@ -24,7 +25,7 @@ import numpy as np
 
 from elastic_lib.control.results import repo_relative
 
-from .common import ROOT, clear_keras, fmt, log
+from .common import ROOT, clear_keras, fmt, log, trained_run
 
 RUNS = (
     "smoke/mobilenet_0.75__digits__elastic",
@@ -91,8 +92,7 @@ def one_run(run_dir: str) -> tuple[list[dict], dict]:
 
 
 def run(quick: bool = False) -> dict:
-    runs = [os.path.join(ROOT, "results", r) for r in RUNS[: 1 if quick else None]]
-    runs = [r for r in runs if os.path.isfile(os.path.join(r, "model.weights.h5"))]
+    runs = [r for r in (trained_run(rel) for rel in RUNS[: 1 if quick else None]) if r]
     if not runs:
         raise FileNotFoundError("no trained run with weights among " + ", ".join(RUNS) + ": run ./run_all.sh first")
     rows, cals = [], []
