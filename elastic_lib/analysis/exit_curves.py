@@ -39,9 +39,9 @@ def load_runs(run_dirs) -> dict:
     return out
 
 
-def _accuracy_ci(correct: np.ndarray, resamples: int = 1000, seed: int = 0) -> tuple[float, float]:
+def _accuracy_ci(correct: np.ndarray, resamples: int = 1000, boot_seed: int = 0) -> tuple[float, float]:
     """95 % percentile bootstrap interval of the mean of a 0/1 vector (vectorised resampling)."""
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(boot_seed)
     idx = rng.integers(0, correct.size, size=(resamples, correct.size))
     lo, hi = np.percentile(correct[idx].mean(axis=1), [2.5, 97.5])
     return float(lo), float(hi)

@@ -31,7 +31,7 @@ RESAMPLES = 1000
 LEVEL = 0.95
 
 
-def bootstrap_ci(stat, n: int, resamples: int = RESAMPLES, level: float = LEVEL, seed: int = 0) -> tuple:
+def bootstrap_ci(stat, n: int, resamples: int = RESAMPLES, level: float = LEVEL, boot_seed: int = 0) -> tuple:
     """(estimate, low, high) of ``stat(idx)`` (a statistic of the images ``idx``), percentile
     bootstrap over ``n`` images."""
     from scipy.stats import bootstrap
@@ -44,7 +44,7 @@ def bootstrap_ci(stat, n: int, resamples: int = RESAMPLES, level: float = LEVEL,
         confidence_level=level,
         method="percentile",
         vectorized=False,
-        random_state=np.random.default_rng(seed),
+        random_state=np.random.default_rng(boot_seed),
     )
     return float(stat(idx)), float(res.confidence_interval.low), float(res.confidence_interval.high)
 
@@ -67,12 +67,12 @@ def oracle(outputs: ExitOutputs) -> dict:
     }
 
 
-def _rows(outputs: ExitOutputs, per_image: dict, seed: int) -> list[dict]:
+def _rows(outputs: ExitOutputs, per_image: dict, boot_seed: int) -> list[dict]:
     """One row per (name, output) with its mean over test images and a bootstrap interval."""
     rows = []
     for (metric, output), values in per_image.items():
         v = np.asarray(values, dtype=np.float64)
-        est, lo, hi = bootstrap_ci(lambda i, v=v: v[i].mean(), outputs.num_images, seed=seed)
+        est, lo, hi = bootstrap_ci(lambda i, v=v: v[i].mean(), outputs.num_images, boot_seed=boot_seed)
         rows.append({"metric": metric, "output": output, "value": est, "ci_low": lo, "ci_high": hi})
     return rows
 
@@ -101,17 +101,18 @@ def per_image_diagnostics(outputs: ExitOutputs) -> dict:
     return out
 
 
-def diagnostics_table(val: ExitOutputs, test: ExitOutputs, seed: int = 0) -> pd.DataFrame:
+def diagnostics_table(val: ExitOutputs, test: ExitOutputs, boot_seed: int = 0) -> pd.DataFrame:
     """Every diagnostic on ``test`` (calibration fitted on ``val``), a row per metric and output,
     with a bootstrap interval over test images."""
-    rows = _rows(test, per_image_diagnostics(test), seed)
+    rows = _rows(test, per_image_diagnostics(test), boot_seed)
     calib, temps = calibration_table((list(val.probs), val.labels), (list(test.probs), test.labels), list(test.names))
     from elastic_lib.early_exit.policies import calibrated, ece
 
     for k, (name, t) in enumerate(zip(test.names, temps)):
         p, after = test.probs[k], calibrated(test.probs[k], t)
         for metric, probs in (("ece", p), ("ece_temperature_scaled", after)):
-            est, lo, hi = bootstrap_ci(lambda i, q=probs: ece(q[i], test.labels[i]), test.num_images, seed=seed)
+            stat = lambda i, q=probs: ece(q[i], test.labels[i])
+            est, lo, hi = bootstrap_ci(stat, test.num_images, boot_seed=boot_seed)
             rows.append({"metric": metric, "output": name, "value": est, "ci_low": lo, "ci_high": hi})
         rows.append({"metric": "temperature", "output": name, "value": t, "ci_low": np.nan, "ci_high": np.nan})
     out = pd.DataFrame(rows)
