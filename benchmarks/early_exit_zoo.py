@@ -17,8 +17,11 @@ cifar-mini --results-root results/interactive --only ...`` trains them on this m
   (``serving.TFLiteCascade``, batch 1, XNNPACK); each output's cumulative latency measured by
   stopping every image there (median over images), the costs of ``zoo.with_cost``; per-exit
   thresholds fitted on validation to budgets of 40, 60 and 80 % of the final output's latency; the
-  cascade then runs the test images with those thresholds, timed per image. Target: realised mean
-  latency within 10 % of the budget.
+  cascade then runs the test images with those thresholds, timed per image. Target: the realised
+  mean latency meets the budget (at most 10 % over it) and is within 10 % of what the measured
+  per-output latencies predict for the policy on test (the latency model holds). A policy may
+  spend less than its budget: where accuracy no longer grows with cost, the most accurate policy
+  within the budget is a cheaper one.
 """
 
 from __future__ import annotations
@@ -107,8 +110,12 @@ def latency_budget(exp, val, test, images: int, repeats: int) -> list[dict]:
                 "predicted_test_ms": predicted["mean_cost"],
                 "realised_test_ms": mean_ms,
                 "realised_over_budget": mean_ms / budget_ms,
+                "realised_over_predicted": mean_ms / predicted["mean_cost"],
                 "test_accuracy": predicted["accuracy"],
-                "within_tolerance": bool(mean_ms <= budget_ms * (1 + LATENCY_TOLERANCE)),
+                "within_tolerance": bool(
+                    mean_ms <= budget_ms * (1 + LATENCY_TOLERANCE)
+                    and abs(mean_ms / predicted["mean_cost"] - 1) <= LATENCY_TOLERANCE
+                ),
             }
         )
     del cascade
@@ -177,8 +184,12 @@ def run(quick: bool = False) -> dict:
             rows += [{"config": config, "table": "latency_budget", **r} for r in lat]
             ok &= all(r["within_tolerance"] for r in lat)
             verdicts.append(
-                "latency budget: realised/budget "
-                + ", ".join(f"{fmt(r['realised_over_budget'], 3)} at {r['budget_fraction']:g}" for r in lat)
+                "latency budget (realised/budget, realised/predicted from the measured per-output latencies): "
+                + ", ".join(
+                    f"{fmt(r['realised_over_budget'], 3)} and {fmt(r['realised_over_predicted'], 3)} at "
+                    f"{r['budget_fraction']:g}"
+                    for r in lat
+                )
             )
             clear_keras()
     return {
