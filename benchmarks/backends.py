@@ -44,7 +44,7 @@ t0 = time.perf_counter()
 for _ in range(steps):
     keras.ops.convert_to_numpy(model.predict_on_batch(x)[-1])
 predict_ms = 1e3 * (time.perf_counter() - t0) / steps
-from elastic_lib import backend
+from elastic_lib.control import backend
 print(json.dumps({"train_steps_per_s": train, "predict_ms_per_batch": predict_ms, "keras": keras.__version__,
                   "version": backend.version()}))
 """

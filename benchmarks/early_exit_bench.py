@@ -73,8 +73,9 @@ def recorded_row(run_dir: str) -> dict:
     summ = pd.read_csv(os.path.join(run_dir, "early_exit_summary.csv")).set_index("policy")
     dyn, pol = lat.loc[POLICY], summ.loc[POLICY]
     final_ms = float(lat.loc["final", "latency_ms"])
+    inside = os.path.abspath(run_dir).startswith(ROOT + os.sep)  # else the fallback trained in a temporary folder
     return {
-        "run": repo_relative(run_dir),
+        "run": repo_relative(run_dir) if inside else f"<temporary folder>/{os.path.basename(run_dir)}",
         "threshold": float(dyn["threshold"]),
         "final_test_acc": float(summ.loc["final", "test_acc"]),
         "chance_acc": 1.0 / _num_classes(run_dir),
