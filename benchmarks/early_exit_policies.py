@@ -41,7 +41,7 @@ def _probs(run_dir: str):
     from elastic_lib.models.exits import predict_outputs, short_output_names
 
     exp = Experiment.from_run_dir(run_dir)
-    val, test = predict_outputs(exp.model, exp.pipeline("val")), predict_outputs(exp.model, exp.pipeline("test"))
+    val, test = (predict_outputs(exp.model, exp.pipeline(s), getattr(exp.splits, f"y_{s}")) for s in ("val", "test"))
     return val, test, exp.costs, short_output_names(exp.model)
 
 
