@@ -275,6 +275,30 @@ def test_worker_threads_give_the_same_batches_in_order():
     np.testing.assert_array_equal(got[0], np.concatenate([one[i][0] for i in range(len(one))]))
 
 
+def test_worker_threads_train_on_every_epochs_batches():
+    """fit over several epochs (steps_per_epoch, shuffle=False: as the experiment trains) asking for
+    4 threads gives the 1-thread weights exactly: Keras' threaded reader starts each epoch at batch
+    0 again, so a stream of several epochs must not be read by threads (it would train on its first
+    epoch's batches every epoch)."""
+    import keras
+
+    from elastic_lib.data.pipeline import ArrayBatches, EpochPlan
+
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 255, (96, 4, 4, 3), dtype=np.uint8), rng.integers(0, 3, 96)
+    plan = EpochPlan(96, seed=1, phase=2, shuffle=True)
+    weights = []
+    for w in (1, 4):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((4, 4, 3)), keras.layers.Flatten(), keras.layers.Dense(3)])
+        model.compile(keras.optimizers.SGD(0.01), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        batches = ArrayBatches(x, y, 4, lambda a: a / 255, 16, plan=plan, epochs=3, workers=w)
+        model.fit(batches, epochs=3, steps_per_epoch=batches.per_epoch, verbose=0, shuffle=False)
+        weights.append([np.asarray(v) for v in model.get_weights()])
+    for a, b in zip(*weights):
+        np.testing.assert_array_equal(a, b)
+
+
 class _Loss:
     """A loss value that counts how often the host reads it (what a GPU would wait for)."""
 

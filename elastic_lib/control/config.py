@@ -169,7 +169,11 @@ class RunConfig:
         "TensorFlow; batch_size stays the global batch) | mirrored (old name, TensorFlow)",
         plumbing=True,
     )
-    loader_workers: int = _p(4, "threads preparing NumPy batches ahead of the device (pydataset path)", plumbing=True)
+    loader_workers: int = _p(
+        4,
+        "threads preparing NumPy batches ahead of the device (pydataset path; one-epoch streams: evaluation)",
+        plumbing=True,
+    )
     input_pipeline: str = _p(
         "auto", "auto (tf.data on TensorFlow, else pydataset) | tf_data | pydataset: same batches", plumbing=True
     )

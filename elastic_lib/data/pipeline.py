@@ -149,8 +149,11 @@ class ArrayBatches(keras.utils.PyDataset):
         first_epoch: int = 0,
         workers: int = 1,
     ):
-        # threads prepare the next batches while the device computes; Keras hands them over in order
-        super().__init__(workers=max(1, workers), use_multiprocessing=False, max_queue_size=2 * max(1, workers))
+        # threads prepare the next batches while the device computes; Keras hands them over in order.
+        # A stream of one epoch only: Keras' threaded reader starts again at batch 0 every epoch, so
+        # a multi-epoch stream read by threads would train on its first epoch's batches every time
+        workers = max(1, workers) if epochs == 1 else 1
+        super().__init__(workers=workers, use_multiprocessing=False, max_queue_size=2 * workers)
         self.x, self.y, self.image_size, self.preprocess = x, y, image_size, preprocess
         self.batch_size, self.num_outputs, self.epochs, self.first_epoch = batch_size, num_outputs, epochs, first_epoch
         self.plan = plan or EpochPlan(len(x), shuffle=False)
