@@ -3,8 +3,9 @@
 Runs: the cifar-mini Elastic-MobileNet-0.75 CIFAR-100 runs, seeds 0-2 (and CIFAR-10 seed 0), found
 with their weights under ``results/interactive/cifar-mini/`` (where ``./run_all.sh --profile
 cifar-mini --results-root results/interactive --only ...`` trains them on this machine) or
-``results/cifar-mini/``. For each: every output's validation and test probabilities, stored as
-``outputs.npz`` (``elastic_lib.early_exit.zoo``), then
+``results/cifar-mini/``. For each: every output's validation and test probabilities, as the run
+stored them (``outputs.npz``; predicted again from the weights for a run made before runs stored
+them), then
 
 - **the zoo** (``elastic_lib.analysis.exit_curves``): every policy family fitted on validation at 19
   budgets (0.1 to 1.0 of the final output's kernel MACs), judged on test; curves with seed and
@@ -15,7 +16,8 @@ cifar-mini --results-root results/interactive --only ...`` trains them on this m
   accuracy drop against the final output;
 - **latency budget** (seed 0, CIFAR-100): the run's model as a TensorFlow Lite cascade
   (``serving.TFLiteCascade``, batch 1, XNNPACK); each output's cumulative latency measured by
-  stopping every image there (median over images), the costs of ``zoo.with_cost``; per-exit
+  stopping every image there (mean over images and repeats, the statistic of the realised latency),
+  the costs of ``zoo.with_cost``; per-exit
   thresholds fitted on validation to budgets of 40, 60 and 80 % of the final output's latency; the
   cascade then runs the test images with those thresholds, timed per image. Target: the realised
   mean latency meets the budget (at most 10 % over it) and is within 10 % of what the measured
@@ -46,20 +48,25 @@ RISK_EPS, RISK_DELTA = (0.01, 0.02, 0.05), 0.1
 
 
 def store_outputs(run_dir: str):
-    """(experiment, val, test): the run reloaded, its outputs' probabilities stored as outputs.npz."""
-    from elastic_lib.early_exit import zoo
+    """(experiment, val, test): the run reloaded, and its outputs' probabilities as the run stored
+    them (``outputs.npz``, written by runs since the policy zoo is in the notebook), else
+    predicted again by the reloaded model (kept in memory: nothing is written into the run)."""
+    from elastic_lib.early_exit import run_analysis, zoo
     from elastic_lib.experiment import Experiment
     from elastic_lib.models.exits import predict_outputs, short_output_names
 
     exp = Experiment.from_run_dir(run_dir)
+    path = os.path.join(run_dir, run_analysis.OUTPUTS_FILE)
+    if os.path.isfile(path):
+        val, test = zoo.load_npz(path)
+        return exp, val, test
     names = short_output_names(exp.model)
-    cost = exp.costs["kernel_macs_cumulative"].to_numpy(float)
     splits = []
     for split in ("val", "test"):
         probs, labels = predict_outputs(exp.model, exp.pipeline(split), getattr(exp.splits, f"y_{split}"))
-        splits.append(zoo.ExitOutputs(np.stack(probs), labels, cost, names, "kernel MACs"))
-    zoo.save_npz(os.path.join(run_dir, "outputs.npz"), *splits)
-    return exp, splits[0], splits[1]
+        splits.append((probs, labels))
+    val, test = run_analysis.stored_outputs(splits[0], splits[1], exp.costs, names)
+    return exp, val, test
 
 
 def _cascade_time(cascade, x, thresholds) -> tuple[float, int]:
@@ -88,8 +95,8 @@ def latency_budget(exp, val, test, images: int, repeats: int) -> list[dict]:
         forced = np.full(k, np.inf)
         forced[stop:] = -np.inf
         times = [_cascade_time(cascade, x[i : i + 1], forced)[0] for _ in range(repeats) for i in range(n)]
-        per_exit.append(1000 * float(np.median(times)))
-    ms = np.maximum.accumulate(np.asarray(per_exit))  # cumulative cost (median noise can dip)
+        per_exit.append(1000 * float(np.mean(times)))  # a mean, as the realised latency below is
+    ms = np.maximum.accumulate(np.asarray(per_exit))  # cumulative cost (timing noise can dip)
     unit = "ms (TFLite cascade, batch 1, 1 thread)"
     val_ms, test_ms = zoo.with_cost(val, ms, unit), zoo.with_cost(test, ms, unit)
     rows = []

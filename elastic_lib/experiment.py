@@ -25,6 +25,7 @@ from elastic_lib.control import backend, environment, provenance, results
 from elastic_lib.control.config import ConfigError, RunConfig
 from elastic_lib.data.arrays import load_dataset
 from elastic_lib.data.pipeline import EpochPlan, augment_pad, first_images, make_input, num_batches
+from elastic_lib.early_exit import run_analysis, zoo
 from elastic_lib.early_exit import staged as early_exit
 from elastic_lib.models import complexity
 from elastic_lib.models.backbones import preprocess_input
@@ -64,6 +65,7 @@ class Experiment:
         self.val_probs = self.y_val = None  # evaluate()
         self.policies: dict | None = None  # early_exit(): sweeps, summary, exit_rates, selected
         self.latency_df: pd.DataFrame | None = None  # latency()
+        self.zoo: dict | None = None  # exit_analysis(): policies, diagnostics, class_exit_rates ({} when off)
         self.timings: dict[str, float] = {}
         self.resumed: str = ""  # setup(): what a rerun kept of an interrupted one
         self._strategy = None
@@ -73,7 +75,7 @@ class Experiment:
         if missing:
             raise RuntimeError(
                 f"Experiment.{step}() needs {', '.join(missing)}; run the earlier steps first "
-                "(setup, load_data, build_model, train, evaluate, early_exit, latency, finish)"
+                "(setup, load_data, build_model, train, evaluate, early_exit, exit_analysis, latency, finish)"
             )
 
     # ------------------------------------------------------------ setup
@@ -349,6 +351,31 @@ class Experiment:
         results.write_csv(self.run_dir, "exit_rates.csv", self.policies["exit_rates"])
         return self.policies["summary"]
 
+    def exit_analysis(self) -> dict:
+        """The early-exit policy zoo and diagnostics (``early_exit.run_analysis``) on every output's
+        stored validation and test probabilities: writes outputs.npz (float16, compressed: what any
+        policy can be replayed from without the model), exit_policies.csv, exit_diagnostics.csv and
+        class_exit_rates.csv; report.md gets their section. Off (``exit_analysis: false``) or for a
+        baseline (one output): nothing written, an empty dict."""
+        self._require("exit_analysis", "val_probs", "test_probs", "costs")
+        if not self.cfg.exit_analysis or len(self.model.outputs) < 2:
+            self.zoo = {}
+            return self.zoo
+        val, test = run_analysis.stored_outputs(
+            (self.val_probs, self.y_val), (self.test_probs, self.y_test), self.costs, short_output_names(self.model)
+        )
+        path = os.path.join(self.run_dir, run_analysis.OUTPUTS_FILE)
+        zoo.save_npz(path, val, test)
+        stored_val, stored_test = zoo.load_npz(path)  # analysed as stored: anyone can redo it from the file
+        c = self.cfg
+        self.zoo = run_analysis.analyse(
+            stored_val, stored_test, c.target_drop_pct, self.splits.class_names, boot_seed=c.seed
+        )
+        results.write_csv(self.run_dir, "exit_policies.csv", self.zoo["policies"])
+        results.write_csv(self.run_dir, "exit_diagnostics.csv", self.zoo["diagnostics"])
+        results.write_csv(self.run_dir, "class_exit_rates.csv", self.zoo["class_exit_rates"])
+        return self.zoo
+
     @property
     def sweeps(self) -> pd.DataFrame:
         self._require("sweeps", "policies")
@@ -437,6 +464,8 @@ class Experiment:
             "test images": int(self.exits["n"].iloc[-1]),
         }
         text = analysis_report(c.run_id(), config, self.exits, self.per_class, self.latency_df, device)
+        if self.zoo:
+            text += "\n" + run_analysis.markdown(self.zoo, c.target_drop_pct)
         results.atomic_write_text(os.path.join(self.run_dir, "report.md"), text)
         return text
 
@@ -515,6 +544,7 @@ def run(params: dict | RunConfig, verbose: int = 0) -> Experiment:
     exp.train(verbose=verbose)
     exp.evaluate()
     exp.early_exit()
+    exp.exit_analysis()
     exp.latency()
     exp.same_depth()
     exp.finish()

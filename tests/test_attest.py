@@ -12,6 +12,7 @@ import yaml
 from tiny import BACKBONE, ROOT, write_profile
 
 from elastic_lib.control import attest
+from elastic_lib.control.config import LEGACY
 
 
 def _write_run(folder, csv: str, extra: dict | None = None):
@@ -59,8 +60,8 @@ def test_each_replay_may_learn_from_its_own_teacher_replay(tmp_path):
 def test_a_kept_replay_is_used_again_only_under_the_runs_hashseed_and_the_current_code(tmp_path):
     """--keep lets an interrupted attestation go on; a replay kept from a shell with another
     PYTHONHASHSEED (recorded in params.yaml: a difference compare() would report), one that was
-    itself interrupted and resumed, or one made on the checkout before its code changed again, is
-    redone."""
+    itself interrupted and resumed, one made on the checkout before its code changed again, or a
+    base-side replay made by another base's code, is redone."""
     from elastic_lib.control import provenance
 
     code = provenance.code_hashes(["runtime"])  # what a run records: its units as "deep shallow" hashes
@@ -71,15 +72,18 @@ def test_a_kept_replay_is_used_again_only_under_the_runs_hashseed_and_the_curren
     before = _write_run(
         tmp_path / "before", "x\n", {"determinism": {"pythonhashseed": "0"}, "fingerprint": {**code, **older}}
     )
-    assert attest.reusable(str(same), str(run), checkout=True)
-    assert not attest.reusable(str(unset), str(run), checkout=True)
-    assert not attest.reusable(str(unset), str(run), checkout=False)
-    assert not attest.reusable(str(before), str(run), checkout=True)
-    assert attest.reusable(str(before), str(run), checkout=False)  # the base's side: its code does not move
+    assert attest.reusable(str(same), str(run))
+    assert not attest.reusable(str(unset), str(run))
+    assert not attest.reusable(str(unset), str(run), rev="HEAD")
+    assert not attest.reusable(str(before), str(run))
+    # the base's side: a replay made by the base's code stands, one kept from an attestation
+    # against another base (older code) does not
+    assert attest.reusable(str(same), str(run), rev="HEAD")
+    assert not attest.reusable(str(before), str(run), rev="HEAD")
     (same / "summary.csv").write_text('output,resumed_from\nfinal,"phase1, phase2 finished"\n')
-    assert not attest.reusable(str(same), str(run), checkout=True)  # finished by resuming: redone
+    assert not attest.reusable(str(same), str(run))  # finished by resuming: redone
     (same / "summary.csv").write_text("output,resumed_from\nfinal,\n")
-    assert attest.reusable(str(same), str(run), checkout=True)
+    assert attest.reusable(str(same), str(run))
 
 
 def test_the_replay_shortens_a_run_and_never_lengthens_it(tmp_path):
@@ -98,6 +102,7 @@ def test_the_replay_shortens_a_run_and_never_lengthens_it(tmp_path):
     (run / "params.yaml").write_text(yaml.safe_dump({"parameters": params}))
     got = attest.replay_params(str(run))
     assert got == {
+        **LEGACY,  # parameters added since the run, at the value the run had without them
         **params,
         "phase1_epochs": 1,
         "phase2_epochs": 1,

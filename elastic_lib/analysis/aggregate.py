@@ -6,7 +6,7 @@ import os
 
 import pandas as pd
 
-from elastic_lib.analysis import aggregate_cases, plots, stats
+from elastic_lib.analysis import aggregate_cases, exit_curves, plots, stats
 from elastic_lib.control import provenance, results
 from elastic_lib.control.backend import recorded
 from elastic_lib.control.config import ConfigError
@@ -541,4 +541,8 @@ def write_all(
         for ds in sorted(raw["dataset"].unique()):
             figs[f"same_depth_error_vs_kernel_macs_{ds}"] = plots.same_depth_curve(exits, summary, raw, ds)
     written["figures"] = _save_figures(figs, fig_dir)
+    curves = exit_curves.write(profile_dir, out_dir, fig_dir)
+    if curves:
+        written["exit_policies"] = {k: v for k, v in curves.items() if k != "figures"}
+        written["figures"] += curves["figures"]
     return written

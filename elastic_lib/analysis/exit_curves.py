@@ -22,9 +22,11 @@ import numpy as np
 import pandas as pd
 
 from elastic_lib.analysis.stats import mcnemar_exact, t_interval
+from elastic_lib.control import results
+from elastic_lib.control.config import dataset_label
 from elastic_lib.early_exit import zoo
+from elastic_lib.early_exit.run_analysis import OUTPUTS_FILE
 
-OUTPUTS_FILE = "outputs.npz"
 BUDGETS = tuple(np.round(np.linspace(0.1, 1.0, 19), 3))
 REFERENCE = "max_prob"  # the workbook's one global threshold: what the new policies are tested against
 
@@ -211,7 +213,10 @@ def analyse(run_dirs, families=zoo.FAMILIES, budgets=BUDGETS) -> dict | None:
     runs = load_runs(run_dirs)
     if not runs:
         return None
-    unit = next(iter(runs.values()))[1].cost_unit
+    first = next(iter(runs.values()))[1]
+    unit = first.cost_unit
+    # every single output's cost is a budget too: the best policy is judged against each exit at its own cost
+    budgets = sorted(set(np.round(budgets, 4)) | set(np.round(first.cost / first.cost[-1], 4)))
     table, correct = budgeted(runs, families, budgets)
     curves = over_seeds(table, ["family", "budget"])
     singles = over_seeds(anytime(runs), ["output"])
@@ -224,3 +229,91 @@ def analyse(run_dirs, families=zoo.FAMILIES, budgets=BUDGETS) -> dict | None:
         "paired": paired_tests(table, correct),
         "versus_single_exits": best_against_single_exits(curves, singles),
     }
+
+
+CURVES_CAPTION = (
+    "Protocol: clean (each run's policies fitted on its validation split, judged once on its test "
+    "split); split: test; cost: average cumulative {unit} (staged forward up to the answering output) "
+    "as a fraction of the final output's. Line: mean over {n} seed(s); light band: seed min-max; dark "
+    "band: 95% bootstrap over test images; dots: single exits with their 95% image interval."
+)
+
+
+def configurations(profile_dir: str) -> dict:
+    """(backbone, dataset) -> the completed elastic runs of a profile that stored their outputs."""
+    groups: dict = {}
+    for run_dir in results.completed_runs(profile_dir):
+        if not os.path.isfile(os.path.join(run_dir, OUTPUTS_FILE)):
+            continue
+        p = results.read_params(run_dir)
+        key = (p["backbone"], dataset_label(p["dataset"], p.get("label_mode", "fine")))
+        groups.setdefault(key, []).append(run_dir)
+    return {k: sorted(v) for k, v in sorted(groups.items())}
+
+
+def write(profile_dir: str, out_dir: str, fig_dir: str, families=zoo.FAMILIES, budgets=BUDGETS) -> dict:
+    """For every configuration whose runs stored their outputs: the curves (``exit_policy_curves.csv``),
+    the paired tests (``exit_policy_tests.csv``), the best policy against every single exit
+    (``exit_policy_vs_single_exits.csv``), a summary (``exit_policies.md``) and one figure each
+    (``exit_policy_curves_<backbone>_<dataset>``). Nothing when no run stored its outputs."""
+    import matplotlib.pyplot as plt
+
+    from elastic_lib.analysis import plots
+
+    configs = configurations(profile_dir)
+    if not configs:
+        return {}
+    frames: dict[str, list] = {"curves": [], "paired": [], "versus_single_exits": []}
+    lines, figures = ["# Early-exit policies across seeds", ""], []
+    for (backbone, dataset), run_dirs in configs.items():
+        res = analyse(run_dirs, families, budgets)
+        ident = {"backbone": backbone, "dataset": dataset, "cost_unit": res["cost_unit"]}
+        for name in frames:
+            df = res[name].copy()
+            for i, (k, v) in enumerate(ident.items()):
+                df.insert(i, k, v)
+            frames[name].append(df)
+        caption = CURVES_CAPTION.format(unit=res["cost_unit"], n=len(res["runs"]))
+        fig = figure(
+            res["curves"], res["singles"], res["cost_unit"], f"Early-exit policies: {backbone}, {dataset}", caption
+        )
+        figures += plots.save(fig, os.path.join(fig_dir, f"exit_policy_curves_{backbone}_{dataset}"))
+        plt.close(fig)
+        vs = res["versus_single_exits"]
+        held = vs[vs["at_least_as_accurate"]]
+        missed = vs[~vs["at_least_as_accurate"]]
+        lines.append(
+            f"- {backbone}, {dataset} ({len(res['runs'])} seed(s)): the most accurate policy within each single "
+            f"exit's test cost is at least as accurate as that exit at {len(held)}/{len(vs)} exits"
+            + (
+                " (not at "
+                + ", ".join(
+                    f"{r.output}: {100 * r.best_accuracy:.1f} vs {100 * r.single_accuracy:.1f} %"
+                    for r in missed.itertuples()
+                )
+                + ")"
+                if len(missed)
+                else ""
+            )
+            + "."
+        )
+    unit = frames["curves"][0]["cost_unit"].iloc[0]
+    lines += ["", CURVES_CAPTION.format(unit=unit, n="the configuration's"), ""]
+    lines += [
+        "Tables: `exit_policy_curves.csv` (a row per family and budget: mean, seed and image bands), "
+        "`exit_policy_tests.csv` (each family against the global max-probability threshold at equal "
+        "budgets: exact McNemar on pooled test images, t interval over seeds), "
+        "`exit_policy_vs_single_exits.csv`.",
+    ]
+    written = {}
+    for name, file in (
+        ("curves", "exit_policy_curves.csv"),
+        ("paired", "exit_policy_tests.csv"),
+        ("versus_single_exits", "exit_policy_vs_single_exits.csv"),
+    ):
+        results.write_csv(out_dir, file, pd.concat(frames[name], ignore_index=True))
+        written[name] = os.path.join(out_dir, file)
+    results.atomic_write_text(os.path.join(out_dir, "exit_policies.md"), "\n".join(lines) + "\n")
+    written["summary"] = os.path.join(out_dir, "exit_policies.md")
+    written["figures"] = figures
+    return written

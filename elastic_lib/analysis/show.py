@@ -57,6 +57,19 @@ def early_exit_summary(summary: pd.DataFrame) -> None:
     )
 
 
+def exit_analysis(res: dict) -> None:
+    """The policy zoo's fits (a row per family and target: validation picks, test judges), then
+    the run-level diagnostics with their bootstrap intervals; a line when there are none."""
+    if not res:
+        print("no early-exit analysis (a baseline, or exit_analysis: false)")
+        return
+    pol = res["policies"]
+    cols = ["value", "family", "params", "val_accuracy", "test_accuracy", "test_cost_fraction"]
+    table(pol[pol["status"] == "ok"], index="target", columns=cols)
+    diag = res["diagnostics"]
+    table(diag[diag["output"].str.startswith("any")], index="metric", columns=["output", "value", "ci_low", "ci_high"])
+
+
 def latency(df: pd.DataFrame) -> None:
     """Per-output latency, then the dynamic policy's row(s) apart (they have their own columns)."""
     if df.empty:
@@ -93,6 +106,7 @@ def outputs(**folders: str) -> None:
         ".svg": "figures",
         ".yaml": "parameters",
         ".h5": "weights",
+        ".npz": "stored outputs",
         ".ipynb": "notebooks",
     }
     for label, folder in folders.items():

@@ -46,7 +46,7 @@ from concurrent.futures import ThreadPoolExecutor
 import yaml
 
 from elastic_lib.control import codehash, provenance, results
-from elastic_lib.control.config import as_recorded
+from elastic_lib.control.config import LEGACY, as_recorded
 from elastic_lib.control.paths import EXPERIMENT_NOTEBOOK, ROOT
 
 # The replay: the run's own parameters, shortened.
@@ -70,9 +70,11 @@ class AttestError(RuntimeError):
 
 
 def replay_params(run_dir: str) -> dict:
-    """The run's recorded parameters, shortened by ``REPLAY`` (never lengthened)."""
+    """The run's recorded parameters, shortened by ``REPLAY`` (never lengthened); a parameter added
+    since the run was made at the value the run had without it (``config.LEGACY``: code that does
+    not know the parameter ignores it)."""
     doc = results.read_params_yaml(run_dir)
-    params = dict(doc.get("parameters", {}))
+    params = {**LEGACY, **doc.get("parameters", {})}
     for key, value in REPLAY.items():
         old = params.get(key)
         all_of_them = key.endswith("limit_per_class") and not old  # 0: every image
@@ -236,13 +238,14 @@ def _made_by_checkout(replay_dir: str) -> bool:
     )
 
 
-def reusable(replay_dir: str, run_dir: str, checkout: bool) -> bool:
+def reusable(replay_dir: str, run_dir: str, rev: str | None = None) -> bool:
     """Whether a finished replay kept by an earlier attestation (``--keep``) stands for this one: it
-    ran under the run's ``PYTHONHASHSEED`` and, on the checkout's side, on the code as it is now."""
+    ran under the run's ``PYTHONHASHSEED``, on the code as it is now (the checkout's side) or on the
+    code of ``rev`` (the base's side: a replay kept from an attestation against another base is not)."""
     return (
         hashseed(replay_dir) == hashseed(run_dir)
         and not _resumed(replay_dir)
-        and (not checkout or _made_by_checkout(replay_dir))
+        and (_made_by_checkout(replay_dir) if rev is None else done_at(replay_dir, rev))
     )
 
 
@@ -275,7 +278,7 @@ def attest(run_dir: str, rev: str, old_tree: str, scratch: str) -> str:
     key = run_dir.strip(os.sep).replace(os.sep, "_")
     old_out, new_out = os.path.join(scratch, key, "old"), os.path.join(scratch, key, "new")
     for tree, out in ((old_tree, old_out), (ROOT, new_out)):
-        if results.is_done(out) and not reusable(out, run_dir, checkout=tree == ROOT):
+        if results.is_done(out) and not reusable(out, run_dir, None if tree == ROOT else rev):
             for folder in (out, out + "-teacher"):
                 shutil.rmtree(folder, ignore_errors=True)
         if not results.is_done(out):  # a finished replay kept (--keep) by an interrupted attestation counts;

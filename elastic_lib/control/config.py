@@ -144,6 +144,13 @@ class RunConfig:
     )
     target_drop_pct: float = _p(1.0, "early exit: allowed top-1 accuracy drop vs. the final output (points)")
     exit_criterion: str = _p("max_prob", "dynamic policy timed in the latency cell: max_prob | entropy")
+    exit_analysis: bool = _p(
+        True,
+        "elastic: keep every output's validation and test probabilities (outputs.npz) and fit the early-exit "
+        "policy zoo and diagnostics on them (exit_policies.csv, exit_diagnostics.csv, report.md); a baseline "
+        "has one output and records false",
+        before=False,
+    )
     latency_repeats: int = _p(10, "timed repeats per output after warm-up (0: skip latency)")
     latency_images: int = _p(30, "test images for the dynamic-policy latency")
     compare_depth_of: str = _p("", "e.g. densenet121: this run's exit nearest that network's depth (paper Fig. 6)")
@@ -183,6 +190,10 @@ class RunConfig:
     write_done: bool = _p(
         True, "run_all.sh sets False and writes DONE itself, after saving this notebook", plumbing=True
     )
+
+    def __post_init__(self):
+        if self.variant == "baseline":  # one output: no early exit to analyse (recorded as not done)
+            self.exit_analysis = False
 
     # ------------------------------------------------------------ validation
     @classmethod

@@ -16,26 +16,12 @@ import pandas as pd
 
 from elastic_lib.control import backend
 from elastic_lib.control.config import CRITERIA, default
+from elastic_lib.early_exit.zoo import _check_criterion, confidence
 from elastic_lib.models.exits import exit_taps, output_names
 from elastic_lib.runtime import compiled_forward
 
 
 # ---------------------------------------------------------------- policies on stored probabilities
-def confidence(probs: np.ndarray, criterion: str) -> np.ndarray:
-    """Higher = more confident. max_prob: max softmax; entropy: minus the entropy (nats)."""
-    if criterion == "max_prob":
-        return probs.max(axis=-1)
-    if criterion == "entropy":
-        p = np.clip(probs, 1e-12, 1.0)
-        return (p * np.log(p)).sum(axis=-1)
-    _check_criterion(criterion)
-
-
-def _check_criterion(criterion: str) -> None:
-    if criterion not in CRITERIA:
-        raise ValueError(f"unknown exit criterion {criterion!r}; valid: {CRITERIA}")
-
-
 def threshold_to_confidence(threshold: float, criterion: str) -> float:
     """max_prob: exit when max prob >= t; entropy: exit when entropy <= t."""
     return threshold if criterion == "max_prob" else -threshold

@@ -35,7 +35,8 @@ with the outputs (``cost_unit``) into every table.
 Stored format (``save_npz`` / ``load_npz``), for this workbook's runs and any other model's:
 ``{split}_probs`` (K outputs x N images x C classes; or ``{split}_logits``, softmaxed on load),
 ``{split}_labels`` (N) for ``split`` in ``val``, ``test``; ``cost`` (K, cumulative, any unit),
-``cost_unit`` (a string), optional ``names`` (K strings).
+``cost_unit`` (a string), optional ``names`` (K strings) and ``{split}_top1`` (K x N top-1 classes,
+exact where the probabilities were rounded for storage).
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
+
+from elastic_lib.control.config import CRITERIA
 
 FAMILIES = (
     "max_prob",
@@ -67,6 +70,7 @@ class ExitOutputs:
     cost: np.ndarray
     names: tuple = ()
     cost_unit: str = "kernel MACs"
+    top1: np.ndarray | None = None  # K x N top-1 classes when stored apart (exact where probs are rounded)
 
     def __post_init__(self):
         probs = np.asarray(self.probs, dtype=np.float32)
@@ -83,6 +87,11 @@ class ExitOutputs:
         object.__setattr__(self, "labels", labels)
         object.__setattr__(self, "cost", cost)
         object.__setattr__(self, "names", tuple(self.names) or tuple(f"output{i + 1:02d}" for i in range(k)))
+        if self.top1 is not None:
+            top1 = np.asarray(self.top1).astype(np.int64)
+            if top1.shape != (k, n):
+                raise ValueError(f"top1 must be outputs x images {(k, n)}, got {top1.shape}")
+            object.__setattr__(self, "top1", top1)
 
     @property
     def num_outputs(self) -> int:
@@ -94,8 +103,8 @@ class ExitOutputs:
 
     @property
     def preds(self) -> np.ndarray:
-        """K x N argmax predictions."""
-        return self.probs.argmax(axis=2)
+        """K x N top-1 predictions (``top1`` when stored, else the argmax of ``probs``)."""
+        return self.top1 if self.top1 is not None else self.probs.argmax(axis=2)
 
     @property
     def correct(self) -> np.ndarray:
@@ -104,7 +113,8 @@ class ExitOutputs:
 
     def take(self, idx) -> ExitOutputs:
         """The same outputs on the images ``idx``."""
-        return replace(self, probs=self.probs[:, idx], labels=self.labels[idx])
+        top1 = None if self.top1 is None else self.top1[:, idx]
+        return replace(self, probs=self.probs[:, idx], labels=self.labels[idx], top1=top1)
 
 
 def with_cost(outputs: ExitOutputs, cost, unit: str) -> ExitOutputs:
@@ -119,13 +129,17 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def save_npz(path: str, val: ExitOutputs, test: ExitOutputs, dtype=np.float16) -> None:
-    """Both splits in the stored format, compressed (probabilities as ``dtype``)."""
+    """Both splits in the stored format, compressed: probabilities as ``dtype`` and every output's
+    top-1 class apart (``{split}_top1``, from the probabilities as given), so that rounding to
+    float16 (about 3 significant digits) never changes a prediction, only confidences."""
     np.savez_compressed(
         path,
         val_probs=val.probs.astype(dtype),
         val_labels=val.labels.astype(np.int32),
+        val_top1=val.preds.astype(np.int16),
         test_probs=test.probs.astype(dtype),
         test_labels=test.labels.astype(np.int32),
+        test_top1=test.preds.astype(np.int16),
         cost=val.cost,
         cost_unit=np.array(val.cost_unit),
         names=np.array(val.names),
@@ -151,7 +165,8 @@ def load_npz(path: str) -> tuple[ExitOutputs, ExitOutputs]:
                 probs = f[f"{s}_probs"].astype(np.float32)
             else:
                 probs = softmax(f[f"{s}_logits"].astype(np.float32))
-            out.append(ExitOutputs(probs, f[f"{s}_labels"], f["cost"], names, unit))
+            top1 = f[f"{s}_top1"] if f"{s}_top1" in keys else None
+            out.append(ExitOutputs(probs, f[f"{s}_labels"], f["cost"], names, unit, top1))
     return out[0], out[1]
 
 
@@ -182,12 +197,19 @@ def _first_passing(stop: np.ndarray) -> np.ndarray:
     return stop.argmax(axis=0)
 
 
-def _confidence(probs: np.ndarray, criterion: str) -> np.ndarray:
-    """Higher is surer: the max probability, or minus the entropy."""
+def confidence(probs: np.ndarray, criterion: str) -> np.ndarray:
+    """Higher = more confident. max_prob: max softmax; entropy: minus the entropy (nats)."""
     if criterion == "max_prob":
         return probs.max(axis=-1)
-    p = np.clip(probs, 1e-12, 1.0)
-    return (p * np.log(p)).sum(axis=-1)
+    if criterion == "entropy":
+        p = np.clip(probs, 1e-12, 1.0)
+        return (p * np.log(p)).sum(axis=-1)
+    _check_criterion(criterion)
+
+
+def _check_criterion(criterion: str) -> None:
+    if criterion not in CRITERIA:
+        raise ValueError(f"unknown exit criterion {criterion!r}; valid: {CRITERIA}")
 
 
 def _ensembles(probs: np.ndarray, kind: str) -> np.ndarray:
@@ -212,10 +234,10 @@ class Policy:
         f, p = self.family, self.params
         if f in ("max_prob", "entropy", "risk_controlled"):
             crit = "entropy" if f == "entropy" else "max_prob"
-            exits = _first_passing(_confidence(outputs.probs, crit) >= p["threshold"])
+            exits = _first_passing(confidence(outputs.probs, crit) >= p["threshold"])
         elif f == "per_exit":
             t = np.asarray(p["thresholds"], dtype=np.float64)[:, None]
-            exits = _first_passing(_confidence(outputs.probs, "max_prob") >= t)
+            exits = _first_passing(confidence(outputs.probs, "max_prob") >= t)
         elif f == "patience":
             k = p["patience"]
             same = np.ones_like(preds, dtype=np.int64)
@@ -248,7 +270,7 @@ EARLY_SHARES = np.round(np.linspace(0.05, 1.0, 20), 4)
 def per_exit_thresholds(val: ExitOutputs, shares: np.ndarray) -> np.ndarray:
     """Thresholds on each early output's max probability such that, on ``val``, about ``shares[k]``
     of all images leave at output k (the surest of those still undecided); the final takes the rest."""
-    conf = _confidence(val.probs, "max_prob")
+    conf = confidence(val.probs, "max_prob")
     n = val.num_images
     left = np.ones(n, dtype=bool)
     out = np.full(val.num_outputs, -np.inf)
@@ -325,7 +347,7 @@ def refine(policy: Policy, val: ExitOutputs, final: float, budget=None, max_drop
     """Coordinate ascent on per-exit thresholds: each early exit's threshold in turn takes the value
     of ``CONFIDENCE_GRID`` (or never) that is best on ``val`` for the target while the others stay;
     ``passes`` rounds. Never worse on validation than where it starts."""
-    conf = _confidence(val.probs, "max_prob")
+    conf = confidence(val.probs, "max_prob")
     right = val.correct
     cols = np.arange(val.num_images)
     frac = val.cost / val.cost[-1]
