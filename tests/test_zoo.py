@@ -254,3 +254,21 @@ def test_exit_curves_over_seeds_bands_paired_tests_and_the_single_exit_check(tmp
     fig = exit_curves.figure(res["curves"], res["singles"], res["cost_unit"], "t", "caption")
     assert fig.axes[0].get_xlabel().endswith("kernel MACs)")
     assert exit_curves.analyse([str(tmp_path / "no_outputs")]) is None
+
+
+@pytest.mark.parametrize("family", zoo.FAMILIES)
+def test_the_aggregations_one_sweep_per_family_fits_what_zoo_fit_fits(family):
+    """exit_curves sweeps a family's candidates on validation once for all budgets: the same
+    members as fitting each budget on its own."""
+    from elastic_lib.analysis import exit_curves
+
+    val = synthetic(400, seed=41)
+    budgets = (0.05, 0.3, 0.55, 0.8, 1.0)
+    fitted = exit_curves.fit_budgets(family, val, budgets)
+    for b in budgets:
+        alone = zoo.fit(family, val, budget=b)
+        if alone is None:
+            assert fitted[b] is None
+        else:
+            assert fitted[b].describe() == alone.describe()
+            assert np.array_equal(fitted[b].decide(val).exits, alone.decide(val).exits)
