@@ -13,11 +13,12 @@ weights needed), then
   accuracy drop against the final output;
 - **latency budget** (seed 0, CIFAR-100, with its weights: ``./run_all.sh --profile cifar-mini
   --results-root results/interactive --only 'mobilenet_0.75__cifar100__elastic__seed0'`` trains it
-  on this machine): the run's model as a TensorFlow Lite cascade (``serving.TFLiteCascade``, batch 1,
-  XNNPACK, 1 thread); each output's cumulative latency measured by stopping every image there (a
-  mean, the statistic of the realised latency), the costs of ``zoo.with_cost``; per-exit thresholds
-  fitted on validation to budgets of 10, 15, 20 and 40 % of the final output's latency (the range
-  where the budget binds: on this run accuracy stops growing near 20 %); the cascade then runs the
+  on this machine; ``elastic_lib.early_exit.latency_budget``): the run's model as a TensorFlow Lite
+  cascade (``serving.TFLiteCascade``, batch 1, XNNPACK, 1 thread); each output's cumulative latency
+  measured by stopping every image there (a mean, the statistic of the realised latency) as the
+  costs; per-exit thresholds fitted on validation to budgets of 10, 15, 20 and 40 % of the final
+  output's latency (the range where the budget binds: on this run accuracy stops growing near
+  20 %); the cascade then runs the
   test images with those thresholds, timed per image. The per-output and the policy timings are
   taken in interleaved rounds, so that a change of machine load or clock between them cannot pass
   for an error of the latency model. Target: the realised mean latency meets the budget (at most
@@ -29,7 +30,6 @@ weights needed), then
 from __future__ import annotations
 
 import os
-import time
 
 import numpy as np
 
@@ -62,20 +62,9 @@ def store_outputs(run_dir: str):
     return zoo.load_npz(os.path.join(run_dir, run_analysis.OUTPUTS_FILE))
 
 
-def _cascade_time(cascade, x, thresholds) -> tuple[float, int]:
-    """(seconds, exit index) of one image through the cascade with per-exit confidence thresholds."""
-    t0 = time.perf_counter()
-    h = x
-    for i, stage in enumerate(cascade.stages):
-        h, p = stage(h)
-        if p.max() >= thresholds[i]:
-            return time.perf_counter() - t0, i
-    cascade.tail(h)
-    return time.perf_counter() - t0, cascade.n_exits
-
-
 def latency_budget(run_dir: str, images: int, rounds: int) -> list[dict]:
     """The latency-budget rows for one run with its weights (see the module's docstring)."""
+    from elastic_lib.early_exit import latency_budget as lb
     from elastic_lib.early_exit import run_analysis, zoo
     from elastic_lib.early_exit.serving import TFLiteCascade
     from elastic_lib.early_exit.staged import to_numpy
@@ -93,47 +82,24 @@ def latency_budget(run_dir: str, images: int, rounds: int) -> list[dict]:
         ]
         val, test = run_analysis.stored_outputs(splits[0], splits[1], exp.costs, short_output_names(exp.model))
     cascade = TFLiteCascade(exp.model, "max_prob", threads=1)
-    k = cascade.n_exits + 1
     tx = np.concatenate([np.asarray(to_numpy(xb), dtype=np.float32) for xb, _ in exp.pipeline("test")])
-    n = min(images, len(tx))
-    forced = []
-    for stop in range(k):  # every image stops at output `stop`: its cumulative latency
-        f = np.full(k, np.inf)
-        f[stop:] = -np.inf
-        forced.append(f)
-    policies = {}
-    # thresholds need the costs, the costs need the timings: a first round fixes the policies, then
-    # every round times every output and every policy, interleaved
-    timings = {stop: [] for stop in range(k)}
-    realised = {frac: [] for frac in LATENCY_BUDGETS}
-
-    def per_output_ms():
-        ms = np.array([1000 * float(np.mean(timings[s])) for s in range(k)])
-        return np.maximum.accumulate(ms)  # cumulative cost (timing noise can dip)
-
-    unit = "ms (TFLite cascade, batch 1, 1 thread)"
-    for r in range(rounds + 1):
-        for stop in range(k):
-            times = [_cascade_time(cascade, tx[i : i + 1], forced[stop])[0] for i in range(n)]
-            if r:  # round 0 warms up and fixes the policies
-                timings[stop] += times
-            else:
-                timings[stop] = times
-        if r == 0:
-            val_ms = zoo.with_cost(val, per_output_ms(), unit)
-            policies = {frac: zoo.fit("per_exit", val_ms, budget=frac) for frac in LATENCY_BUDGETS}
-            timings = {stop: [] for stop in range(k)}
-            continue
+    # round 0 warms up and fixes the policies; then every round times every output and every policy
+    ms0 = lb.output_latencies(cascade, tx[:images])
+    policies = {frac: lb.fit(val, ms0, budget_ms=frac * ms0[-1]) for frac in LATENCY_BUDGETS}
+    policies = {frac: p for frac, p in policies.items() if p is not None}  # a budget below the first exit
+    per_output, realised = [], {frac: [] for frac in policies}
+    for _ in range(rounds):
+        per_output.append(lb.output_latencies(cascade, tx[:images]))
         for frac, policy in policies.items():
-            t = np.asarray(policy.params["thresholds"], dtype=np.float64)
-            realised[frac] += [_cascade_time(cascade, tx[i : i + 1], t)[0] for i in range(len(tx))]
-    ms = per_output_ms()
-    test_ms = zoo.with_cost(test, ms, unit)
+            realised[frac].append(lb.policy_latency(cascade, policy, tx)[0])
+    ms = np.mean(per_output, axis=0)
     rows = []
     for frac, policy in policies.items():
         budget_ms = frac * ms[-1]
-        predicted = zoo.outcome(policy.decide(test_ms), test_ms)
-        mean_ms = 1000 * float(np.mean(realised[frac]))
+        predicted = lb.predicted_ms(policy, test, ms)
+        test_ms = lb.with_latency(test, ms)
+        accuracy = zoo.outcome(policy.decide(test_ms), test_ms)["accuracy"]
+        mean_ms = float(np.mean(realised[frac]))
         rows.append(
             {
                 "run": repo_relative(run_dir),
@@ -141,14 +107,13 @@ def latency_budget(run_dir: str, images: int, rounds: int) -> list[dict]:
                 "budget_ms": budget_ms,
                 "final_ms": float(ms[-1]),
                 "per_exit_ms": [round(float(v), 4) for v in ms],
-                "predicted_test_ms": predicted["mean_cost"],
+                "predicted_test_ms": predicted,
                 "realised_test_ms": mean_ms,
                 "realised_over_budget": mean_ms / budget_ms,
-                "realised_over_predicted": mean_ms / predicted["mean_cost"],
-                "test_accuracy": predicted["accuracy"],
+                "realised_over_predicted": mean_ms / predicted,
+                "test_accuracy": accuracy,
                 "within_tolerance": bool(
-                    mean_ms <= budget_ms * (1 + LATENCY_TOLERANCE)
-                    and abs(mean_ms / predicted["mean_cost"] - 1) <= LATENCY_TOLERANCE
+                    mean_ms <= budget_ms * (1 + LATENCY_TOLERANCE) and abs(mean_ms / predicted - 1) <= LATENCY_TOLERANCE
                 ),
             }
         )

@@ -64,7 +64,8 @@ def test_a_kept_replay_is_used_again_only_under_the_runs_hashseed_and_the_curren
     base-side replay made by another base's code, is redone."""
     from elastic_lib.control import provenance
 
-    code = provenance.code_hashes(["runtime"])  # what a run records: its units as "deep shallow" hashes
+    # what a run records: its units as "deep shallow" hashes, the notebook's hash, the format's version
+    code = {**provenance.code_hashes(["runtime"]), "version": provenance.VERSION}
     run = _write_run(tmp_path / "run", "x\n", {"determinism": {"pythonhashseed": "0"}})
     same = _write_run(tmp_path / "same", "x\n", {"determinism": {"pythonhashseed": "0"}, "fingerprint": code})
     unset = _write_run(tmp_path / "unset", "x\n", {"determinism": {"pythonhashseed": ""}, "fingerprint": code})

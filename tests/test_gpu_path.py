@@ -116,16 +116,18 @@ def test_strict_stops_early_and_auto_trains_recording_the_ops(tmp_path):
 
 def test_a_run_recorded_before_the_new_settings_stays_current(tmp_path):
     """determinism and allow_tf32 came after runs were recorded: a recorded run without them is
-    read as determinism=strict, allow_tf32=False (``config.LEGACY``); other values are a change."""
-    assert config.LEGACY == {"determinism": "strict", "allow_tf32": False}
-    now = RunConfig().experiment_params()
+    read as determinism=strict, allow_tf32=False (``config.LEGACY``, which also holds later
+    additions such as exit_analysis); other values are a change."""
+    legacy = {k: config.LEGACY[k] for k in ("determinism", "allow_tf32")}
+    assert legacy == {"determinism": "strict", "allow_tf32": False}
+    now = {**RunConfig().experiment_params(), **config.LEGACY}  # a run at the legacy values
     then = {k: v for k, v in now.items() if k not in config.LEGACY}
     assert config.as_recorded(now, then) == then
     assert config.as_recorded({**now, "determinism": "auto"}, then) == {**then, "determinism": "auto"}
     run = Path(ROOT) / "results" / "tiny" / "tiny_cnn__digits__elastic"
     recorded = yaml.safe_load((run / "params.yaml").read_text())["parameters"]
     assert "determinism" not in recorded  # made before the setting: still current
-    cfg = RunConfig(**{**recorded, "output_dir": str(run)})
+    cfg = RunConfig(**{**config.LEGACY, **recorded, "output_dir": str(run)})  # as its profile runs it
     assert not [c for c in provenance.changes(str(run), cfg) if c.startswith("parameters")]
     cfg.determinism = "auto"
     assert "parameters: determinism" in provenance.changes(str(run), cfg)

@@ -272,3 +272,67 @@ def test_the_aggregations_one_sweep_per_family_fits_what_zoo_fit_fits(family):
         else:
             assert fitted[b].describe() == alone.describe()
             assert np.array_equal(fitted[b].decide(val).exits, alone.decide(val).exits)
+
+
+# ---------------------------------------------------------------- latency budget (measured costs)
+class FakeCascade:
+    """Stands for ``serving.TFLiteCascade``: an image is its index; stage k returns output k's
+    stored probabilities for it; every stage call is counted."""
+
+    def __init__(self, outputs: zoo.ExitOutputs):
+        self.n_exits = outputs.num_outputs - 1
+        self.calls = 0
+        self.stages = [self._stage(k, outputs.probs[k]) for k in range(self.n_exits)]
+        self.tail = self._stage(self.n_exits, outputs.probs[-1])
+
+    def _stage(self, k, probs):
+        def run(h):
+            self.calls += 1
+            return h, probs[int(h[0, 0])][None]
+
+        return run if k < self.n_exits else (lambda h: (run(h)[1],))
+
+
+def test_the_cascade_leaves_each_image_where_the_fitted_policy_says():
+    """The latency model's premise: a per-exit policy run on the cascade stops every image at the
+    output ``Policy.decide`` picks from the stored probabilities, so its mean latency is the mean
+    of the per-output latencies at those outputs."""
+    from elastic_lib.early_exit import latency_budget as lb
+
+    val, test = synthetic(600, seed=51), synthetic(600, seed=52)
+    ms = np.array([0.1, 0.25, 0.3, 0.5, 0.8, 1.0])
+    policy = lb.fit(val, ms, budget_ms=0.45)
+    timed = lb.with_latency(val, ms)
+    assert zoo.outcome(policy.decide(timed), timed)["mean_cost"] <= 0.45 + 1e-12
+    images = np.arange(len(test.labels), dtype=np.float32)[:, None]
+    cascade = FakeCascade(test)
+    mean_ms, exits = lb.policy_latency(cascade, policy, images)
+    decided = policy.decide(lb.with_latency(test, ms)).exits
+    assert np.array_equal(exits, decided) and len(set(exits)) > 2
+    assert cascade.calls == int((decided + 1).sum())  # j + 1 stage calls to leave at output j
+    assert lb.predicted_ms(policy, test, ms) == pytest.approx(ms[decided].mean())
+    assert mean_ms > 0
+
+
+def test_output_latencies_stop_every_image_at_each_output_in_turn():
+    from elastic_lib.early_exit import latency_budget as lb
+
+    test = synthetic(20, seed=53)
+    cascade = FakeCascade(test)
+    images = np.arange(20, dtype=np.float32)[:, None]
+    ms = lb.output_latencies(cascade, images, rounds=2)
+    k = test.num_outputs
+    assert ms.shape == (k,) and (np.diff(ms) >= 0).all() and ms[0] > 0
+    # stopping at output j runs j + 1 stages (the final output: every exit stage and the tail)
+    assert cascade.calls == 2 * 20 * (sum(range(1, k)) + k)
+
+
+def test_a_latency_budget_below_the_first_exit_has_no_policy_and_a_bad_one_is_refused():
+    from elastic_lib.early_exit import latency_budget as lb
+
+    val, ms = synthetic(200, seed=54), np.linspace(1, 6, 6)
+    assert lb.fit(val, ms, budget_ms=0.5) is None
+    with pytest.raises(ValueError, match="budget_ms must be positive"):
+        lb.fit(val, ms, budget_ms=0)
+    with pytest.raises(ValueError, match="per-exit"):
+        lb.policy_latency(FakeCascade(val), zoo.Policy("max_prob", {"threshold": 0.5}), np.zeros((2, 1)))

@@ -25,6 +25,7 @@ from elastic_lib.analysis.stats import mcnemar_exact, t_interval
 from elastic_lib.control import results
 from elastic_lib.control.config import dataset_label
 from elastic_lib.early_exit import zoo
+from elastic_lib.early_exit.diagnostics import LEVEL, RESAMPLES
 from elastic_lib.early_exit.run_analysis import OUTPUTS_FILE
 
 BUDGETS = tuple(np.round(np.linspace(0.1, 1.0, 19), 3))
@@ -41,12 +42,21 @@ def load_runs(run_dirs) -> dict:
     return out
 
 
-def _accuracy_ci(correct: np.ndarray, resamples: int = 1000, boot_seed: int = 0) -> tuple[float, float]:
-    """95 % percentile bootstrap interval of the mean of a 0/1 vector (vectorised resampling)."""
-    rng = np.random.default_rng(boot_seed)
-    idx = rng.integers(0, correct.size, size=(resamples, correct.size))
-    lo, hi = np.percentile(correct[idx].mean(axis=1), [2.5, 97.5])
-    return float(lo), float(hi)
+def _accuracy_ci(correct: np.ndarray, boot_seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval over test images of the accuracy (the mean of a 0/1 vector),
+    with the run diagnostics' resamples and level (``early_exit.diagnostics``)."""
+    from scipy.stats import bootstrap
+
+    res = bootstrap(
+        (np.asarray(correct, dtype=np.float64),),
+        np.mean,
+        n_resamples=RESAMPLES,
+        confidence_level=LEVEL,
+        method="percentile",
+        vectorized=True,
+        random_state=np.random.default_rng(boot_seed),
+    )
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
 def anytime(runs: dict) -> pd.DataFrame:
