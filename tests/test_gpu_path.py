@@ -134,6 +134,7 @@ def test_a_run_recorded_before_the_new_settings_stays_current(tmp_path):
 
 
 # ---------------------------------------------------------------- precision
+@pytest.mark.slow
 def test_mixed_bfloat16_trains_with_float32_outputs(tmp_path):
     import keras
 
@@ -277,6 +278,7 @@ def test_worker_threads_give_the_same_batches_in_order():
     np.testing.assert_array_equal(got[0], np.concatenate([one[i][0] for i in range(len(one))]))
 
 
+@pytest.mark.slow
 def test_worker_threads_train_on_every_epochs_batches():
     """fit over several epochs (steps_per_epoch, shuffle=False: as the experiment trains) asking for
     4 threads gives the 1-thread weights exactly: Keras' threaded reader starts each epoch at batch
