@@ -55,13 +55,6 @@ def committed_run(rel: str) -> str | None:
     return d if os.path.isfile(os.path.join(d, OUTPUTS_FILE)) else None
 
 
-def store_outputs(run_dir: str):
-    """(val, test): the outputs' probabilities as the run stored them (``outputs.npz``)."""
-    from elastic_lib.early_exit import run_analysis, zoo
-
-    return zoo.load_npz(os.path.join(run_dir, run_analysis.OUTPUTS_FILE))
-
-
 def latency_budget(run_dir: str, images: int, rounds: int) -> list[dict]:
     """The latency-budget rows for one run with its weights (see the module's docstring)."""
     from elastic_lib.early_exit import latency_budget as lb
@@ -96,9 +89,9 @@ def latency_budget(run_dir: str, images: int, rounds: int) -> list[dict]:
     rows = []
     for frac, policy in policies.items():
         budget_ms = frac * ms[-1]
-        predicted = lb.predicted_ms(policy, test, ms)
         test_ms = lb.with_latency(test, ms)
-        accuracy = zoo.outcome(policy.decide(test_ms), test_ms)["accuracy"]
+        outcome = zoo.outcome(policy.decide(test_ms), test_ms)  # what the per-output latencies predict
+        predicted, accuracy = outcome["mean_cost"], outcome["accuracy"]
         mean_ms = float(np.mean(realised[frac]))
         rows.append(
             {
@@ -135,10 +128,9 @@ def run(quick: bool = False) -> dict:
     for config, runs in found.items():
         if not runs:
             continue
-        stored = {}
-        for r in runs:
-            log(f"early-exit zoo: {repo_relative(r)}")
-            stored[r] = store_outputs(r)
+        log(f"early-exit zoo: {', '.join(repo_relative(r) for r in runs)}")
+        loaded = exit_curves.load_runs(runs)
+        stored = {r: loaded[os.path.basename(r)] for r in runs}
         res = exit_curves.analyse(runs, budgets=exit_curves.BUDGETS[::3] if quick else exit_curves.BUDGETS)
         caption = (
             f"{len(runs)} run(s) ({config}, cifar-mini); thresholds fitted on each run's validation split, "

@@ -258,13 +258,11 @@ def test_exit_curves_over_seeds_bands_paired_tests_and_the_single_exit_check(tmp
 
 @pytest.mark.parametrize("family", zoo.FAMILIES)
 def test_the_aggregations_one_sweep_per_family_fits_what_zoo_fit_fits(family):
-    """exit_curves sweeps a family's candidates on validation once for all budgets: the same
-    members as fitting each budget on its own."""
-    from elastic_lib.analysis import exit_curves
-
+    """The aggregation's curves sweep a family's candidates on validation once for all budgets
+    (``zoo.fit_budgets``): the same members as fitting each budget on its own."""
     val = synthetic(400, seed=41)
     budgets = (0.05, 0.3, 0.55, 0.8, 1.0)
-    fitted = exit_curves.fit_budgets(family, val, budgets)
+    fitted = zoo.fit_budgets(family, val, budgets)
     for b in budgets:
         alone = zoo.fit(family, val, budget=b)
         if alone is None:

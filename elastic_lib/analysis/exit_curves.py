@@ -79,31 +79,13 @@ def anytime(runs: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def fit_budgets(family: str, val, budgets) -> dict:
-    """budget -> ``zoo.fit(family, val, budget=budget)`` (the same policies), with the validation
-    sweep of the family's candidates done once for all budgets instead of once per budget."""
-    pool = zoo.candidates(family, val)
-    table = zoo.sweep(pool, val)
-    final = float(val.correct[-1].mean())
-    out = {}
-    for budget in budgets:
-        idx = zoo.choose(table, final, budget=budget)
-        if idx is None:
-            out[budget] = None
-        elif family == "per_exit":
-            out[budget] = zoo.refine(pool[idx], val, final, budget, None)
-        else:
-            out[budget] = pool[idx]
-    return out
-
-
 def budgeted(runs: dict, families=zoo.FAMILIES, budgets=BUDGETS) -> tuple[pd.DataFrame, dict]:
     """Per run, family and budget: the member fitted on validation, its test accuracy (with its
     image interval) and test cost. Also returns the per-image correctness, for paired tests."""
     rows, correct = [], {}
     for run, (val, test) in runs.items():
         for family in families:
-            fitted = fit_budgets(family, val, budgets)
+            fitted = zoo.fit_budgets(family, val, budgets)
             for budget in budgets:
                 policy = fitted[budget]
                 if policy is None:

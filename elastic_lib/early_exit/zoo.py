@@ -343,6 +343,25 @@ def fit(family: str, val: ExitOutputs, budget=None, max_drop=None) -> Policy | N
     return refine(pool[idx], val, final, budget, max_drop) if family == "per_exit" else pool[idx]
 
 
+def fit_budgets(family: str, val: ExitOutputs, budgets) -> dict:
+    """budget -> ``fit(family, val, budget=budget)`` (the same members), the validation sweep of
+    the family's candidates done once for all budgets instead of once per budget (what curves over
+    many budgets need)."""
+    pool = candidates(family, val)
+    table = sweep(pool, val)
+    final = float(val.correct[-1].mean())
+    out = {}
+    for budget in budgets:
+        idx = choose(table, final, budget=budget)
+        if idx is None:
+            out[budget] = None
+        elif family == "per_exit":
+            out[budget] = refine(pool[idx], val, final, budget, None)
+        else:
+            out[budget] = pool[idx]
+    return out
+
+
 def refine(policy: Policy, val: ExitOutputs, final: float, budget=None, max_drop=None, passes: int = 2) -> Policy:
     """Coordinate ascent on per-exit thresholds: each early exit's threshold in turn takes the value
     of ``CONFIDENCE_GRID`` (or never) that is best on ``val`` for the target while the others stay;
